@@ -1,0 +1,316 @@
+//! SHOW commands of the admin console.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use super::Table;
+use crate::config::PoolMode;
+use crate::proxy::Shared;
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn unix(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    format!("{}", d.as_secs())
+}
+
+pub fn table(shared: &Shared, what: &str) -> Option<Table> {
+    Some(match what {
+        "POOLS" => pools(shared),
+        "CLIENTS" => clients(shared),
+        "SERVERS" => servers(shared),
+        "STATS" => stats(shared),
+        "TENANTS" => tenants(shared),
+        "CONFIG" => config(shared),
+        "DATABASES" => databases(shared),
+        "VERSION" => {
+            let mut t = Table::new(&["version"]);
+            t.row(vec![s(crate::VERSION_STRING)]);
+            t
+        }
+        _ => return None,
+    })
+}
+
+fn clients_by_state(shared: &Shared, db: &str) -> [usize; 3] {
+    let mut n = [0; 3];
+    for c in shared.clients.iter() {
+        if c.database == db {
+            n[(c.state.load(Ordering::Relaxed) as usize).min(2)] += 1;
+        }
+    }
+    n
+}
+
+fn pools(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "database",
+        "user",
+        "cl_active",
+        "cl_waiting",
+        "cl_active_cancel_req",
+        "cl_waiting_cancel_req",
+        "sv_active",
+        "sv_active_cancel",
+        "sv_being_canceled",
+        "sv_idle",
+        "sv_used",
+        "sv_tested",
+        "sv_login",
+        "maxwait",
+        "maxwait_us",
+        "pool_mode",
+    ]);
+    for p in shared.pools.iter() {
+        let st = &p.stats;
+        let [idle, active, waiting] = clients_by_state(shared, p.name());
+        let maxwait = st.max_wait_us.load(Ordering::Relaxed);
+        t.row(vec![
+            s(p.name()),
+            s(&p.db.upstream.user),
+            s(active + idle),
+            s(waiting),
+            s(0),
+            s(0),
+            s(st.active.load(Ordering::Relaxed)),
+            s(0),
+            s(0),
+            s(st.idle.load(Ordering::Relaxed)),
+            s(0),
+            s(0),
+            s(st.connecting.load(Ordering::Relaxed)),
+            s(maxwait / 1_000_000),
+            s(maxwait % 1_000_000),
+            s(match p.mode() {
+                PoolMode::Transaction => "transaction",
+                PoolMode::Session => "session",
+            }),
+        ]);
+    }
+    t
+}
+
+fn clients(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "type",
+        "user",
+        "database",
+        "tenant",
+        "state",
+        "addr",
+        "port",
+        "connect_time",
+        "tls",
+        "application_name",
+        "id",
+    ]);
+    for c in shared.clients.iter() {
+        let (addr, port) = c.addr.rsplit_once(':').unwrap_or((&c.addr, ""));
+        t.row(vec![
+            s("C"),
+            s(&c.user),
+            s(&c.database),
+            c.tenant.clone(),
+            s(match c.state.load(Ordering::Relaxed) {
+                1 => "active",
+                2 => "waiting",
+                _ => "idle",
+            }),
+            s(addr),
+            s(port),
+            s(unix(c.connected_at)),
+            s(if c.tls { "yes" } else { "no" }),
+            s(&c.application_name),
+            s(c.id),
+        ]);
+    }
+    t
+}
+
+fn servers(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "type",
+        "user",
+        "database",
+        "state",
+        "addr",
+        "port",
+        "remote_pid",
+        "id",
+        "age_seconds",
+        "idle_seconds",
+    ]);
+    for p in shared.pools.iter() {
+        for (id, pid, created, used) in p.idle_snapshot() {
+            t.row(vec![
+                s("S"),
+                s(&p.db.upstream.user),
+                s(p.name()),
+                s("idle"),
+                s(&p.db.upstream.host),
+                s(p.db.upstream.port),
+                s(pid),
+                s(id),
+                s(created.elapsed().as_secs()),
+                s(used.elapsed().as_secs()),
+            ]);
+        }
+        let active = p.stats.active.load(Ordering::Relaxed);
+        for _ in 0..active {
+            t.row(vec![
+                s("S"),
+                s(&p.db.upstream.user),
+                s(p.name()),
+                s("active"),
+                s(&p.db.upstream.host),
+                s(p.db.upstream.port),
+                None,
+                None,
+                None,
+                None,
+            ]);
+        }
+    }
+    t
+}
+
+fn stats(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "database",
+        "total_xact_count",
+        "total_query_count",
+        "total_received",
+        "total_sent",
+        "total_xact_time",
+        "total_query_time",
+        "total_wait_time",
+        "total_server_assignment_count",
+    ]);
+    for p in shared.pools.iter() {
+        let st = &p.stats;
+        t.row(vec![
+            s(p.name()),
+            s(st.xact_count.load(Ordering::Relaxed)),
+            s(st.query_count.load(Ordering::Relaxed)),
+            s(st.bytes_received.load(Ordering::Relaxed)),
+            s(st.bytes_sent.load(Ordering::Relaxed)),
+            s(st.xact_time_us.load(Ordering::Relaxed)),
+            s(st.query_time_us.load(Ordering::Relaxed)),
+            s(st.wait_us_total.load(Ordering::Relaxed)),
+            s(st.checkouts_total.load(Ordering::Relaxed)),
+        ]);
+    }
+    t
+}
+
+fn tenants(shared: &Shared) -> Table {
+    let cfg = shared.config();
+    let mut t = Table::new(&[
+        "tenant",
+        "database",
+        "search_path",
+        "role",
+        "settings",
+        "users",
+        "clients",
+    ]);
+    let mut ids: Vec<_> = cfg.tenants.keys().collect();
+    ids.sort();
+    for id in ids {
+        let ten = &cfg.tenants[id];
+        let clients = shared
+            .clients
+            .iter()
+            .filter(|c| c.tenant.as_deref() == Some(id))
+            .count();
+        t.row(vec![
+            s(id),
+            s(&ten.database),
+            s(ten.search_path.join(", ")),
+            ten.role.clone(),
+            s(ten
+                .settings
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")),
+            ten.users.as_ref().map(|u| u.join(", ")),
+            s(clients),
+        ]);
+    }
+    t
+}
+
+fn databases(shared: &Shared) -> Table {
+    let cfg = shared.config();
+    let mut t = Table::new(&[
+        "name",
+        "host",
+        "port",
+        "database",
+        "force_user",
+        "pool_size",
+        "min_pool_size",
+        "pool_mode",
+        "paused",
+        "current_connections",
+    ]);
+    for d in &cfg.databases {
+        let pool = shared.pool(&d.name);
+        t.row(vec![
+            s(&d.name),
+            s(&d.upstream.host),
+            s(d.upstream.port),
+            s(&d.upstream.dbname),
+            s(&d.upstream.user),
+            s(d.pool.size),
+            s(d.pool.min_size),
+            s(match d.pool.mode {
+                PoolMode::Transaction => "transaction",
+                PoolMode::Session => "session",
+            }),
+            s(pool.as_ref().is_some_and(|p| p.is_paused()) as i32),
+            s(pool.map(|p| p.size_now()).unwrap_or(0)),
+        ]);
+    }
+    t
+}
+
+fn config(shared: &Shared) -> Table {
+    let cfg = shared.config();
+    let mut t = Table::new(&["key", "value", "changeable"]);
+    let text = crate::config::render_effective(&cfg.raw);
+    let value: toml::Value =
+        toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
+    let mut flat = Vec::new();
+    flatten("", &value, &mut flat);
+    for (k, v) in flat {
+        let restart = matches!(k.as_str(), "listen" | "http_listen" | "workers");
+        t.row(vec![s(&k), s(v), s(if restart { "no" } else { "yes" })]);
+    }
+    t
+}
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        toml::Value::Array(a) if a.iter().all(|x| x.is_table()) && !a.is_empty() => {
+            for (i, x) in a.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), x, out);
+            }
+        }
+        toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}

@@ -1,0 +1,38 @@
+//! Taking a server connection for a client: FIFO checkout with the pool's timeout, then the
+//! client's session parameters are synced, pipelined in front of the client's first message
+//! (a swallowed simple Query, only when something differs).
+
+use std::sync::atomic::Ordering;
+
+use super::session::Session;
+use crate::pool::CheckoutError;
+use crate::protocol::backend::PgError;
+use crate::protocol::frontend::put_query;
+use crate::server::pending::{Action, Kind};
+
+impl Session {
+    pub(super) async fn acquire_server(&mut self) -> Result<(), PgError> {
+        self.info.state.store(2, Ordering::Relaxed);
+        let r = self.pool.checkout().await;
+        self.info.state.store(1, Ordering::Relaxed);
+        let mut co = r.map_err(|e| {
+            self.info.state.store(0, Ordering::Relaxed);
+            match &e {
+                CheckoutError::Timeout { .. } => PgError::error("53300", format!("pgward: {e}")),
+                CheckoutError::Connect { .. } => PgError::error("08006", format!("pgward: {e}")),
+                CheckoutError::Closed(_) => PgError::error("57P01", format!("pgward: {e}")),
+            }
+        })?;
+        let conn = co.conn();
+        self.cancel
+            .attach(self.pool.db.clone(), conn.pid, conn.secret);
+        let mut sql = String::new();
+        if conn.params.sync_to(&self.params, &mut sql) {
+            put_query(&mut self.sout, sql.as_bytes());
+            self.pending.push(Kind::Query, Action::Swallow);
+        }
+        self.status = b'I';
+        self.server = Some(co);
+        Ok(())
+    }
+}

@@ -1,0 +1,460 @@
+//! Client → server: what the proxy does with each message of an authenticated client.
+//!
+//! - Query / Parse text is classified once (`sql::classify`): guard violations (T3) and, with
+//!   `session_state = "reject"`, session-state statements are replaced by a statement that
+//!   raises the error on the server, so the transaction state stays exactly PostgreSQL's.
+//! - At the first message of a transaction the server connection is obtained and, pipelined
+//!   in front of that message, the client's session parameters are synced and the tenant
+//!   context is injected (`begin`).
+//! - In transaction mode, named prepared statements are mapped to shared server statements
+//!   and prepared on demand (`prepared.rs`).
+//!
+//! Every forwarded request gets a unit in `pending`, so responses can be routed.
+
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+
+use super::session::Session;
+use crate::config::{PoolMode, SessionStatePolicy};
+use crate::protocol::backend::{self, PgError};
+use crate::protocol::frontend as fe;
+use crate::protocol::{FrameError, Header};
+use crate::server::pending::{Action, Kind, Unit};
+use crate::server::Dirty;
+use crate::sql::classify::{analyze, Analysis, Flags, Violation};
+
+/// What handling one message decided.
+pub(super) enum Step {
+    /// Message consumed.
+    Next,
+    /// Leave this message (and the rest) buffered until outstanding responses arrive.
+    Hold,
+    /// The client said Terminate.
+    Terminate,
+}
+
+impl Session {
+    /// Handle every complete message buffered from the client. `Ok(false)`: client is done.
+    pub(super) async fn process_client(&mut self) -> Result<bool, PgError> {
+        let mut buf = std::mem::take(&mut self.cin);
+        let mut consumed = 0;
+        let result = loop {
+            let rest = &buf[consumed..];
+            let h = match Header::parse(rest, self.max_message) {
+                Ok(Some(h)) => h,
+                Ok(None) => break Ok(true),
+                Err(FrameError::BadLength) => {
+                    break Err(PgError::fatal("08P01", "invalid message length"))
+                }
+                Err(FrameError::TooLarge { len, max }) => {
+                    break Err(PgError::fatal(
+                        "54000",
+                        format!("message of {len} bytes exceeds max_message_size ({max} bytes)"),
+                    ))
+                }
+            };
+            if rest.len() < h.frame_len {
+                if buf.capacity() - buf.len() < h.frame_len - rest.len() {
+                    // Make room for the whole frame once (bounded by max_message_size).
+                    buf.advance(consumed);
+                    consumed = 0;
+                    buf.reserve(h.frame_len);
+                }
+                break Ok(true);
+            }
+            let frame_range = consumed..consumed + h.frame_len;
+            match self.handle_message(h.tag, &buf[frame_range]).await {
+                Ok(Step::Next) => consumed += h.frame_len,
+                Ok(Step::Hold) => {
+                    self.hold = true;
+                    break Ok(true);
+                }
+                Ok(Step::Terminate) => break Ok(false),
+                Err(e) => break Err(e),
+            }
+        };
+        buf.advance(consumed);
+        self.cin = buf;
+        result
+    }
+
+    async fn handle_message(&mut self, tag: u8, frame: &[u8]) -> Result<Step, PgError> {
+        let body = &frame[5..];
+        if self.skip_till_sync && tag != b'S' {
+            return Ok(Step::Next);
+        }
+        match tag {
+            b'Q' => self.on_query(frame, body).await,
+            b'P' => self.on_parse(frame, body).await,
+            b'B' => self.on_bind(frame, body).await,
+            b'D' => self.on_describe(frame, body).await,
+            b'E' => self.on_extended(frame, Kind::Execute).await,
+            b'C' => self.on_close(frame, body).await,
+            b'S' => self.on_sync(frame).await,
+            b'H' => {
+                if self.server.is_some() {
+                    self.sout.extend_from_slice(frame);
+                }
+                Ok(Step::Next)
+            }
+            b'F' => {
+                if let Some(step) = self.begin(false, true).await? {
+                    return Ok(step);
+                }
+                self.forward(frame, Kind::FunctionCall);
+                Ok(Step::Next)
+            }
+            b'd' | b'c' | b'f' => {
+                // COPY data; outside COPY, PostgreSQL ignores these too.
+                if self.server.is_some() && self.copy_in {
+                    self.sout.extend_from_slice(frame);
+                    if tag != b'd' {
+                        self.copy_in = false;
+                    }
+                }
+                Ok(Step::Next)
+            }
+            b'X' => Ok(Step::Terminate),
+            _ => Err(PgError::fatal(
+                "08P01",
+                format!("invalid frontend message type {}", tag as char),
+            )),
+        }
+    }
+
+    /// Classify SQL text for this client.
+    fn analyze(&self, sql: &[u8]) -> Analysis {
+        match &self.tenant {
+            Some(t) => analyze(sql, true, &|name| t.is_protected(name)),
+            None => analyze(sql, false, &|_| false),
+        }
+    }
+
+    /// Decide whether the statement may run; `Some(replacement SQL)` if it must fail.
+    fn vet(&mut self, a: &Analysis) -> Option<String> {
+        if let (Some(v), Some(t)) = (&a.violation, &self.tenant) {
+            crate::metrics::rejected("tenant_guard");
+            let what = match v {
+                Violation::Setting(name) => format!("changing \"{name}\""),
+                Violation::Role => "changing the role or session authorization".to_string(),
+                Violation::ResetAll => "RESET ALL / DISCARD ALL".to_string(),
+            };
+            return Some(raise_sql(
+                "42501",
+                &format!(
+                    "pgward: {what} is not allowed for tenant \"{}\": the tenant context is managed by the proxy",
+                    t.tenant.id
+                ),
+            ));
+        }
+        if self.mode == PoolMode::Transaction
+            && self.policy == SessionStatePolicy::Reject
+            && !session_dirt(a.flags).is_empty()
+        {
+            crate::metrics::rejected("session_state");
+            return Some(raise_sql(
+                "0A000",
+                "pgward: statements that change session state are not allowed on this pool (session_state = \"reject\"); use SET LOCAL, or a session-mode pool",
+            ));
+        }
+        None
+    }
+
+    /// Track session state and statement-cache effects of SQL that is about to run.
+    fn note_effects(&mut self, flags: Flags) {
+        self.dirty.insert(session_dirt(flags));
+        if flags.contains(Flags::DEALLOCATE_ALL) && self.mode == PoolMode::Transaction {
+            self.statements.clear();
+            if let Some(co) = self.server.as_mut() {
+                let c = co.conn();
+                c.statements.clear();
+                c.ctx_prepared = 0;
+            }
+        }
+    }
+
+    async fn on_query(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+        let sql =
+            fe::query_text(body).ok_or_else(|| PgError::fatal("08P01", "invalid Query message"))?;
+        let a = self.analyze(sql);
+        let replacement = self.vet(&a);
+        let non_txn = replacement.is_none() && a.flags.contains(Flags::NON_TXN);
+        if a.statements == 0 && self.server.is_none() {
+            // Empty query: answer like PostgreSQL without taking a server connection.
+            self.emit_local(|out| {
+                out.extend_from_slice(b"I\0\0\0\x04");
+                backend::ready_for_query(out, b'I');
+            });
+            return Ok(Step::Next);
+        }
+        if let Some(step) = self.begin(non_txn, true).await? {
+            return Ok(step);
+        }
+        match replacement {
+            Some(r) => {
+                fe::put_query(&mut self.sout, r.as_bytes());
+                self.push_forward(Kind::Query);
+            }
+            None => {
+                self.note_effects(a.flags);
+                self.forward(frame, Kind::Query);
+            }
+        }
+        self.stmt_mark = Some(Instant::now());
+        Ok(Step::Next)
+    }
+
+    async fn on_parse(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+        let p = fe::parse(body).ok_or_else(|| PgError::fatal("08P01", "invalid Parse message"))?;
+        let a = self.analyze(p.query);
+        let replacement = self.vet(&a);
+        if let Some(step) = self.begin(false, false).await? {
+            return Ok(step);
+        }
+        self.unsynced = true;
+        self.stmt_started.get_or_insert_with(Instant::now);
+        let rewritten;
+        let (frame, definition): (&[u8], &[u8]) = match &replacement {
+            Some(r) => {
+                // Same name and parameter types; the statement raises the error when executed.
+                let mut def = r.as_bytes().to_vec();
+                def.push(0);
+                def.extend_from_slice(&p.definition[p.query.len() + 1..]);
+                let mut f = BytesMut::new();
+                fe::put_parse(&mut f, p.name, &def);
+                rewritten = (f, def);
+                (&rewritten.0[..], &rewritten.1[..])
+            }
+            None => {
+                self.note_effects(a.flags);
+                (frame, p.definition)
+            }
+        };
+        if self.mode == PoolMode::Transaction && !p.name.is_empty() {
+            return self.parse_named(p.name, definition);
+        }
+        self.forward(frame, Kind::Parse);
+        Ok(Step::Next)
+    }
+
+    async fn on_bind(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+        let (portal, stmt, rest) =
+            fe::bind_names(body).ok_or_else(|| PgError::fatal("08P01", "invalid Bind message"))?;
+        if let Some(step) = self.begin(false, false).await? {
+            return Ok(step);
+        }
+        self.unsynced = true;
+        self.stmt_started.get_or_insert_with(Instant::now);
+        if self.mode == PoolMode::Transaction && !stmt.is_empty() {
+            if let Some(def) = self.ensure_prepared(stmt) {
+                fe::put_bind_renamed(&mut self.sout, portal, &def.name, &body[rest..]);
+                self.push_forward(Kind::Bind);
+                return Ok(Step::Next);
+            }
+        }
+        self.forward(frame, Kind::Bind);
+        Ok(Step::Next)
+    }
+
+    async fn on_describe(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+        let (kind, name) =
+            fe::target(body).ok_or_else(|| PgError::fatal("08P01", "invalid Describe message"))?;
+        if let Some(step) = self.begin(false, false).await? {
+            return Ok(step);
+        }
+        self.unsynced = true;
+        if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
+            if let Some(def) = self.ensure_prepared(name) {
+                fe::put_target(&mut self.sout, b'D', b'S', &def.name);
+                self.push_forward(Kind::Describe);
+                return Ok(Step::Next);
+            }
+        }
+        self.forward(frame, Kind::Describe);
+        Ok(Step::Next)
+    }
+
+    async fn on_extended(&mut self, frame: &[u8], kind: Kind) -> Result<Step, PgError> {
+        if let Some(step) = self.begin(false, false).await? {
+            return Ok(step);
+        }
+        self.unsynced = true;
+        self.forward(frame, kind);
+        Ok(Step::Next)
+    }
+
+    async fn on_close(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+        let (kind, name) =
+            fe::target(body).ok_or_else(|| PgError::fatal("08P01", "invalid Close message"))?;
+        if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
+            // Shared statements stay on the server; only the client's name goes away.
+            self.statements.remove(name);
+            self.unsynced = self.server.is_some() || self.unsynced;
+            self.emit_local(|out| out.extend_from_slice(b"3\0\0\0\x04"));
+            return Ok(Step::Next);
+        }
+        if self.server.is_none() {
+            // Nothing exists on any server for this client outside a transaction.
+            self.emit_local(|out| out.extend_from_slice(b"3\0\0\0\x04"));
+            return Ok(Step::Next);
+        }
+        self.on_extended(frame, Kind::Close).await
+    }
+
+    async fn on_sync(&mut self, frame: &[u8]) -> Result<Step, PgError> {
+        self.skip_till_sync = false;
+        self.stmt_started = None;
+        if self.server.is_none() {
+            self.unsynced = false;
+            self.emit_local(|out| backend::ready_for_query(out, b'I'));
+            return Ok(Step::Next);
+        }
+        self.unsynced = false;
+        self.forward(frame, Kind::Sync);
+        Ok(Step::Next)
+    }
+
+    /// Append a client frame unchanged and expect its responses.
+    #[inline]
+    pub(super) fn forward(&mut self, frame: &[u8], kind: Kind) {
+        self.sout.extend_from_slice(frame);
+        self.push_forward(kind);
+    }
+
+    #[inline]
+    pub(super) fn push_forward(&mut self, kind: Kind) {
+        let sent = match kind {
+            Kind::Execute => self.stmt_started.take().or_else(|| Some(Instant::now())),
+            Kind::Query | Kind::FunctionCall => Some(Instant::now()),
+            _ => None,
+        };
+        self.pending.push_unit(Unit {
+            kind,
+            action: Action::Forward,
+            stmt: None,
+            name: None,
+            sent,
+        });
+    }
+
+    /// Bytes the proxy answers with, placed after every response still owed.
+    pub(super) fn emit_local(&mut self, f: impl FnOnce(&mut BytesMut)) {
+        if self.pending.is_empty() {
+            f(&mut self.cout);
+        } else {
+            let mut b = BytesMut::new();
+            f(&mut b);
+            // The kind of a synthesized unit only matters for skipping: it is dropped, like
+            // any response, when an earlier request of its block fails.
+            self.pending
+                .push(Kind::Bind, Action::Synthesize(b.freeze()));
+        }
+    }
+
+    /// Answer the current extended-protocol message with an error and skip to Sync.
+    pub(super) fn fail_extended(&mut self, err: PgError) {
+        crate::metrics::error(err.code.as_bytes());
+        self.emit_local(|out| err.encode(out));
+        self.skip_till_sync = true;
+    }
+
+    /// Start of a transaction block (or of a statement inside one): make sure a server
+    /// connection is held and, at a block start, that the session parameters and the tenant
+    /// context are in place. `Some(step)`: the message was dealt with (held, or answered with
+    /// an error because no server connection could be had).
+    pub(super) async fn begin(
+        &mut self,
+        non_txn: bool,
+        ends_block: bool,
+    ) -> Result<Option<Step>, PgError> {
+        if self.unsynced {
+            return Ok(None);
+        }
+        if self.server.is_some() {
+            if self.pending.is_empty() {
+                if self.status == b'I' {
+                    self.inject_context(non_txn);
+                }
+                return Ok(None);
+            }
+            // A new block pipelined behind one whose outcome is unknown: its status decides
+            // whether it needs the tenant context.
+            if self.tenant.as_ref().is_some_and(|t| t.pairs > 0) && self.pending.has_block_end() {
+                return Ok(Some(Step::Hold));
+            }
+            return Ok(None);
+        }
+        if let Err(e) = self.acquire_server().await {
+            if ends_block {
+                crate::metrics::error(e.code.as_bytes());
+                self.emit_local(|out| {
+                    e.encode(out);
+                    backend::ready_for_query(out, b'I');
+                });
+            } else {
+                self.fail_extended(e);
+            }
+            return Ok(Some(Step::Next));
+        }
+        self.inject_context(non_txn);
+        Ok(None)
+    }
+
+    /// Tenant context for a block that starts now with the server idle.
+    fn inject_context(&mut self, non_txn: bool) {
+        let Some(t) = self.tenant.clone() else {
+            return;
+        };
+        if t.pairs == 0 {
+            return;
+        }
+        let Some(co) = self.server.as_mut() else {
+            return;
+        };
+        let conn = co.conn();
+        if non_txn {
+            self.sout.extend_from_slice(&t.session_query);
+            self.pending.push(Kind::Query, Action::Swallow);
+            self.dirty.insert(Dirty::TENANT_SESSION);
+            return;
+        }
+        if conn.ctx_prepared & t.stmt_bit == 0 {
+            self.sout.extend_from_slice(&t.parse);
+            conn.ctx_prepared |= t.stmt_bit;
+            self.pending.push(Kind::Parse, Action::Swallow);
+        }
+        self.sout.extend_from_slice(&t.bind_execute);
+        self.pending.push(Kind::Bind, Action::Swallow);
+        self.pending.push(Kind::Execute, Action::Swallow);
+    }
+}
+
+/// Session state that a statement with these flags leaves behind (T2).
+pub(super) fn session_dirt(flags: Flags) -> Dirty {
+    let mut d = Dirty::default();
+    let map = [
+        (Flags::SET_SESSION, Dirty::SETTINGS),
+        (Flags::SET_ROLE, Dirty::ROLE),
+        (Flags::PREPARE, Dirty::PREPARED),
+        (Flags::TEMP_OBJECT, Dirty::TEMP),
+        (Flags::WITH_HOLD, Dirty::CURSORS),
+        (Flags::LISTEN, Dirty::LISTEN),
+        (Flags::ADVISORY_LOCK, Dirty::ADVISORY),
+        (Flags::UNCERTAIN, Dirty::UNKNOWN),
+    ];
+    for (f, dirt) in map {
+        if flags.contains(f) {
+            d.insert(dirt);
+        }
+    }
+    d
+}
+
+/// A statement that fails on the server with this SQLSTATE and message.
+pub(super) fn raise_sql(code: &str, message: &str) -> String {
+    let msg = message.replace('$', "").replace('\'', "''");
+    format!(
+        "DO $pgward$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{msg}'; END$pgward$"
+    )
+}

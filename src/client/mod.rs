@@ -1,0 +1,348 @@
+//! One task per client connection: startup negotiation (SSLRequest, GSSENCRequest,
+//! CancelRequest, protocol version), tenant resolution, authentication, then either the admin
+//! console or the pooled session loop.
+//!
+//! Invariants: before authentication every read is bounded (startup packet ≤ 10,000 bytes,
+//! auth messages ≤ 8 KiB) and the whole handshake has a deadline; a client that fails any
+//! step gets an ErrorResponse with a real SQLSTATE and is closed.
+
+mod attach;
+pub mod auth;
+pub mod cancel;
+mod frontend;
+mod prepared;
+mod relay;
+mod release;
+pub mod session;
+pub mod statements;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::config::{ClientTls, PoolMode};
+use crate::net::{write_all, Stream};
+use crate::protocol::backend::{self, PgError};
+use crate::protocol::startup::{self, StartupPacket};
+use crate::proxy::{ClientInfo, Shared};
+use crate::server::params::ClientParams;
+use crate::server::pending::Pending;
+use crate::tenancy::resolve;
+use session::Session;
+
+/// Deadline for startup + authentication.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Serve one accepted connection until it ends.
+pub async fn handle(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let count = shared.client_count.fetch_add(1, Ordering::AcqRel) + 1;
+    let max = shared.config().max_client_connections;
+    let mut stream = Stream::Tcp(tcp);
+    if count > max {
+        let mut out = BytesMut::new();
+        PgError::fatal(
+            "53300",
+            format!("pgward: too many client connections (max_client_connections = {max})"),
+        )
+        .encode(&mut out);
+        // Answer whatever the first packet was with the error, then close.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut b = [0u8; 8];
+            let _ = stream.read(&mut b).await;
+        })
+        .await;
+        let _ = write_all(&mut stream, &out).await;
+        shared.client_count.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, addr, &shared)).await;
+    match r {
+        Ok(Some(session)) => {
+            let id = session.info.id;
+            session.run().await;
+            shared.clients.remove(&id);
+        }
+        Ok(None) => {}
+        Err(_) => tracing::debug!(%addr, "client handshake timed out"),
+    }
+    shared.client_count.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Everything up to ReadyForQuery. `None` when the connection ended (error already sent).
+async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -> Option<Session> {
+    let mut buf = BytesMut::with_capacity(256);
+    let cfg = shared.config();
+    let msg = loop {
+        let packet = match read_startup(&mut stream, &mut buf).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(e) => {
+                send_error(&mut stream, e).await;
+                return None;
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest => {
+                let tls_cfg = shared.tls.load_full();
+                match (&*tls_cfg, stream.is_tls()) {
+                    (Some(tc), false) if !buf.is_empty() => {
+                        let _ = tc;
+                        // Bytes after SSLRequest before the handshake: a MITM signature.
+                        send_error(
+                            &mut stream,
+                            PgError::fatal("08P01", "received unencrypted data after SSL request"),
+                        )
+                        .await;
+                        return None;
+                    }
+                    (Some(tc), false) => {
+                        if write_all(&mut stream, b"S").await.is_err() {
+                            return None;
+                        }
+                        let Stream::Tcp(tcp) = stream else {
+                            return None;
+                        };
+                        match tokio_rustls::TlsAcceptor::from(tc.clone())
+                            .accept(tcp)
+                            .await
+                        {
+                            Ok(tls) => stream = Stream::ServerTls(Box::new(tls)),
+                            Err(e) => {
+                                tracing::debug!(%addr, error = %e, "client TLS handshake failed");
+                                return None;
+                            }
+                        }
+                    }
+                    _ => {
+                        if write_all(&mut stream, b"N").await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+            }
+            StartupPacket::GssEncRequest => {
+                if write_all(&mut stream, b"N").await.is_err() {
+                    return None;
+                }
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                shared.cancels.cancel(pid, secret).await;
+                return None;
+            }
+            StartupPacket::Startup(m) => break m,
+        }
+    };
+    let require_tls = cfg
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_tls == ClientTls::Require);
+    if require_tls && !stream.is_tls() {
+        send_error(
+            &mut stream,
+            PgError::fatal(
+                "28000",
+                "pgward: TLS is required (client_tls = \"require\"); connect with sslmode=require",
+            ),
+        )
+        .await;
+        return None;
+    }
+    let mut out = BytesMut::new();
+    if msg.minor > 0 {
+        let unsupported = msg
+            .params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.clone())
+            .collect();
+        backend::negotiate_protocol_version(&mut out, 0, unsupported);
+        if write_all(&mut stream, &out).await.is_err() {
+            return None;
+        }
+        out.clear();
+    }
+    let resolved = match resolve(&cfg, &msg) {
+        Ok(r) => r,
+        Err(e) => {
+            send_error(&mut stream, e).await;
+            return None;
+        }
+    };
+    let user = match auth::authenticate(&mut stream, &mut buf, shared, &cfg, &resolved.user).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(%addr, user = %resolved.user, code = %e.code, "client authentication failed");
+            send_error(&mut stream, e).await;
+            return None;
+        }
+    };
+    if resolved.admin {
+        if !cfg.admin_users.contains(&user.name) {
+            send_error(
+                &mut stream,
+                PgError::fatal(
+                    "28000",
+                    format!("pgward: user \"{}\" is not in admin_users", user.name),
+                ),
+            )
+            .await;
+            return None;
+        }
+        crate::admin::run(stream, buf, shared.clone(), user.name.clone()).await;
+        return None;
+    }
+    if let Some(t) = &resolved.tenant {
+        if t.users
+            .as_ref()
+            .is_some_and(|list| !list.contains(&user.name))
+        {
+            send_error(
+                &mut stream,
+                PgError::fatal(
+                    "28000",
+                    format!(
+                        "pgward: user \"{}\" may not select tenant \"{}\"",
+                        user.name, t.id
+                    ),
+                ),
+            )
+            .await;
+            return None;
+        }
+    }
+    let Some(db) = cfg.database(&resolved.database).cloned() else {
+        send_error(
+            &mut stream,
+            PgError::fatal(
+                "3D000",
+                format!("database \"{}\" does not exist", resolved.database),
+            ),
+        )
+        .await;
+        return None;
+    };
+    if db.tenant_required && resolved.tenant.is_none() {
+        send_error(&mut stream, PgError::fatal("28000", format!("pgward: database \"{}\" requires a tenant (dbname = tenant id, user.tenant, or options=-cpgward.tenant=…)", db.name))).await;
+        return None;
+    }
+    let Some(pool) = shared.pool(&db.name) else {
+        send_error(
+            &mut stream,
+            PgError::fatal("3D000", format!("database \"{}\" does not exist", db.name)),
+        )
+        .await;
+        return None;
+    };
+    let baseline = match pool.baseline().await {
+        Ok(b) => b,
+        Err(e) => {
+            send_error(&mut stream, PgError::fatal("08006", format!("pgward: {e}"))).await;
+            return None;
+        }
+    };
+    let params = ClientParams::new(&baseline, &resolved.params);
+    for (_, name, value) in params.values.iter() {
+        backend::parameter_status(&mut out, name, value);
+    }
+    let (pid, secret, cancel) = shared.cancels.register();
+    backend::backend_key_data(&mut out, pid, secret);
+    backend::ready_for_query(&mut out, b'I');
+    if write_all(&mut stream, &out).await.is_err() {
+        shared.cancels.unregister(pid, secret);
+        return None;
+    }
+    let tenant = resolved
+        .tenant
+        .as_ref()
+        .and_then(|t| shared.tenants.load().get(&t.id).cloned());
+    let info = Arc::new(ClientInfo {
+        id: shared.next_client.fetch_add(1, Ordering::Relaxed),
+        user: user.name.clone(),
+        database: db.name.clone(),
+        tenant: resolved.tenant.as_ref().map(|t| t.id.clone()),
+        addr: addr.to_string(),
+        connected_at: SystemTime::now(),
+        state: AtomicU8::new(0),
+        tls: stream.is_tls(),
+        application_name: msg.get("application_name").unwrap_or("").to_string(),
+    });
+    shared.clients.insert(info.id, info.clone());
+    tracing::debug!(%addr, user = %user.name, database = %db.name, tenant = ?info.tenant, "client connected");
+    let mode = db.pool.mode;
+    Some(Session {
+        labels: crate::metrics::labels(&db.name, info.tenant.as_deref()),
+        shared: shared.clone(),
+        info,
+        pool,
+        mode,
+        policy: db.pool.session_state,
+        tenant,
+        params,
+        max_message: cfg.max_message_size,
+        cancel,
+        key: (pid, secret),
+        client: stream,
+        cin: {
+            // Bytes the client pipelined after its startup packet are not lost.
+            let mut b = BytesMut::new();
+            b.extend_from_slice(&buf);
+            b
+        },
+        cout: BytesMut::new(),
+        server: None,
+        sout: BytesMut::new(),
+        pending: Pending::default(),
+        unsynced: false,
+        status: b'I',
+        copy_in: false,
+        skip_till_sync: false,
+        hold: false,
+        dirty: Default::default(),
+        pinned: mode == PoolMode::Session,
+        statements: Default::default(),
+        stmt_started: None,
+        stmt_mark: None,
+        server_broken: false,
+    })
+}
+
+/// Read one startup-phase packet (length-prefixed, untyped), bounded by MAX_STARTUP_PACKET.
+async fn read_startup(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupPacket>, PgError> {
+    loop {
+        if let Some(len) = startup::packet_len(buf) {
+            let len = len.map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+            if buf.len() >= len {
+                let packet = buf.split_to(len);
+                return startup::parse(&packet).map(Some).map_err(|e| match e {
+                    startup::StartupError::UnsupportedVersion(..) => {
+                        PgError::fatal("0A000", e.to_string())
+                    }
+                    _ => PgError::fatal("08P01", e.to_string()),
+                });
+            }
+            buf.reserve(len - buf.len());
+        } else {
+            buf.reserve(64);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn send_error(stream: &mut Stream, e: PgError) {
+    crate::metrics::error(e.code.as_bytes());
+    let mut out = BytesMut::new();
+    e.encode(&mut out);
+    let _ = write_all(stream, &out).await;
+}

@@ -1,0 +1,87 @@
+//! Named prepared statements in transaction mode (see `server::prepared` for the model).
+//!
+//! Parse of a named statement binds the client's name to the shared definition; the server
+//! gets a Parse under the proxy's name only if that connection does not have it yet, else the
+//! client gets a synthesized ParseComplete in its place. Bind/Describe of a known name prepare
+//! it on demand (a swallowed Parse pipelined in front) and are renamed. A name the client
+//! never prepared passes through unchanged, so PostgreSQL reports it (26000) itself.
+
+use std::sync::Arc;
+
+use super::frontend::Step;
+use super::session::Session;
+use super::statements::MAX_CLIENT_STATEMENTS;
+use crate::protocol::backend::PgError;
+use crate::protocol::frontend as fe;
+use crate::server::pending::{Action, Kind, Unit};
+use crate::server::prepared::StatementDef;
+
+impl Session {
+    pub(super) fn parse_named(&mut self, name: &[u8], definition: &[u8]) -> Result<Step, PgError> {
+        if self.statements.contains(name) {
+            self.fail_extended(PgError::error(
+                "42P05",
+                format!(
+                    "prepared statement \"{}\" already exists",
+                    String::from_utf8_lossy(name)
+                ),
+            ));
+            return Ok(Step::Next);
+        }
+        if self.statements.len() >= MAX_CLIENT_STATEMENTS {
+            self.fail_extended(PgError::error(
+                "53400",
+                format!(
+                    "pgward: a client may hold at most {MAX_CLIENT_STATEMENTS} prepared statements"
+                ),
+            ));
+            return Ok(Step::Next);
+        }
+        let def = self.shared.statements.intern(definition);
+        self.statements.insert(name, def.clone());
+        let Some(co) = self.server.as_mut() else {
+            return Ok(Step::Next);
+        };
+        if co.conn().statements.contains(def.id) {
+            self.emit_local(|out| out.extend_from_slice(b"1\0\0\0\x04"));
+            return Ok(Step::Next);
+        }
+        self.prepare_on_server(&def, Action::Forward, Some(name));
+        Ok(Step::Next)
+    }
+
+    /// The shared definition behind a client's statement name, prepared on the current server
+    /// connection (a Parse is queued if needed). `None` for names the client never prepared.
+    pub(super) fn ensure_prepared(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
+        let def = self.statements.get(name)?.clone();
+        let co = self.server.as_mut()?;
+        if !co.conn().statements.contains(def.id) {
+            self.prepare_on_server(&def, Action::Swallow, None);
+        }
+        Some(def)
+    }
+
+    fn prepare_on_server(
+        &mut self,
+        def: &Arc<StatementDef>,
+        action: Action,
+        client_name: Option<&[u8]>,
+    ) {
+        let max = self.pool.db.pool.max_prepared_statements;
+        let Some(co) = self.server.as_mut() else {
+            return;
+        };
+        if let Some(victim) = co.conn().statements.insert(def.clone(), max) {
+            fe::put_target(&mut self.sout, b'C', b'S', &victim.name);
+            self.pending.push(Kind::Close, Action::Swallow);
+        }
+        fe::put_parse(&mut self.sout, &def.name, &def.definition);
+        self.pending.push_unit(Unit {
+            kind: Kind::Parse,
+            action,
+            stmt: Some(def.id),
+            name: client_name.map(Into::into),
+            sent: None,
+        });
+    }
+}

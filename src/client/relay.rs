@@ -1,0 +1,231 @@
+//! Server → client: routing each response to the client or dropping it, by the unit at the
+//! front of `pending`.
+//!
+//! Contiguous forwarded messages are copied to `cout` as one run. Asynchronous messages
+//! (NoticeResponse, NotificationResponse, ParameterStatus) belong to no unit: notices are
+//! dropped while the proxy's own request is being answered, ParameterStatus updates the
+//! server's and the client's view and reaches the client only when the client's view changes.
+
+use std::time::Instant;
+
+use super::session::Session;
+use crate::metrics::Command;
+use crate::protocol::backend::{parse_error_fields, parse_parameter_status, PgError};
+use crate::protocol::frontend::put_sync;
+use crate::protocol::Header;
+use crate::server::pending::{Action, Kind};
+
+/// Server messages are trusted more than client ones, but still bounded.
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+impl Session {
+    pub(super) fn process_server(&mut self) -> Result<(), PgError> {
+        let Some(co) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = std::mem::take(&mut co.conn().rbuf);
+        let mut pos = 0;
+        let mut run: Option<usize> = None;
+        let mut result = Ok(());
+        while let Ok(Some(h)) = Header::parse(&buf[pos..], MAX_SERVER_MESSAGE) {
+            if buf.len() - pos < h.frame_len {
+                break;
+            }
+            let frame = &buf[pos..pos + h.frame_len];
+            match self.route(h.tag, frame) {
+                Route::Forward => {
+                    run.get_or_insert(pos);
+                }
+                Route::ForwardThenFlush => {
+                    let start = run.take().unwrap_or(pos);
+                    self.cout.extend_from_slice(&buf[start..pos + h.frame_len]);
+                    self.emit_synthesized();
+                }
+                Route::Drop => {
+                    if let Some(start) = run.take() {
+                        self.cout.extend_from_slice(&buf[start..pos]);
+                    }
+                    self.emit_synthesized();
+                }
+                Route::Broken(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            pos += h.frame_len;
+        }
+        if let Some(start) = run.take() {
+            self.cout.extend_from_slice(&buf[start..pos]);
+        }
+        if Header::parse(&buf[pos..], MAX_SERVER_MESSAGE).is_err() {
+            result = Err(PgError::fatal(
+                "08P01",
+                "pgward: invalid message from server",
+            ));
+        }
+        bytes::Buf::advance(&mut buf, pos);
+        if let Some(co) = self.server.as_mut() {
+            co.conn().rbuf = buf;
+        }
+        self.emit_synthesized();
+        if result.is_err() {
+            self.server_broken = true;
+        }
+        result
+    }
+
+    fn emit_synthesized(&mut self) {
+        let cout = &mut self.cout;
+        self.pending
+            .drain_synthesized(|b| cout.extend_from_slice(b));
+    }
+
+    fn route(&mut self, tag: u8, frame: &[u8]) -> Route {
+        let body = &frame[5..];
+        let front_swallows = matches!(
+            self.pending.front().map(|u| &u.action),
+            Some(Action::Swallow)
+        );
+        match tag {
+            b'A' => return Route::Forward,
+            b'N' => {
+                return if front_swallows {
+                    Route::Drop
+                } else {
+                    Route::Forward
+                }
+            }
+            b'S' => {
+                let Some((name, value)) = parse_parameter_status(body) else {
+                    return Route::Drop;
+                };
+                if let Some(co) = self.server.as_mut() {
+                    co.conn().params.observe(name, value);
+                }
+                let (name, value) = (
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(value),
+                );
+                return if self.params.values.set(&name, &value) {
+                    Route::Forward
+                } else {
+                    Route::Drop
+                };
+            }
+            _ => {}
+        }
+        let Some(unit) = self.pending.front_mut() else {
+            // Unsolicited: PostgreSQL sends a FATAL ErrorResponse before closing.
+            if tag == b'E' {
+                self.server_broken = true;
+                return Route::ForwardThenFlush;
+            }
+            return Route::Broken(PgError::fatal(
+                "08P01",
+                format!("pgward: unexpected message '{}' from server", tag as char),
+            ));
+        };
+        let forward = match unit.action {
+            Action::Forward => true,
+            Action::Swallow => tag == b'E',
+            Action::Synthesize(_) => unreachable!("synthesized units are drained at the front"),
+        };
+        // Per-statement latency and the command label, from completions of client requests.
+        if matches!(unit.action, Action::Forward) && matches!(tag, b'C' | b'E' | b'I' | b's') {
+            match unit.kind {
+                Kind::Query => {
+                    let now = Instant::now();
+                    let since = self.stmt_mark.replace(now).or(unit.sent).unwrap_or(now);
+                    self.labels.statement(command_of(tag, body), now - since);
+                }
+                Kind::Execute => {
+                    if let Some(sent) = unit.sent {
+                        self.labels.statement(command_of(tag, body), sent.elapsed());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if tag == b'E' && forward {
+            let f = parse_error_fields(body);
+            crate::metrics::error(f.code);
+            if f.severity == b"FATAL" || f.severity == b"PANIC" {
+                self.server_broken = true;
+            }
+        }
+        match tag {
+            b'G' => self.copy_in = true,
+            b'Z' => {
+                self.status = body.first().copied().unwrap_or(b'I');
+                self.copy_in = false;
+            }
+            b'C' | b'E' if self.copy_in => self.copy_in = false,
+            _ => {}
+        }
+        if !unit.kind.completed_by(tag) {
+            return if forward { Route::Forward } else { Route::Drop };
+        }
+        let Some(unit) = self.pending.pop() else {
+            return Route::Drop;
+        };
+        if tag == b'E' && !unit.kind.ends_block() {
+            self.undo_statement(&unit);
+            let statements = &mut self.statements;
+            let server = self.server.as_mut();
+            let mut undo_server = Vec::new();
+            let next = self.pending.skip_to_block_end(|u| {
+                if let Some(id) = u.stmt {
+                    undo_server.push(id);
+                }
+                if let Some(n) = &u.name {
+                    statements.remove(n);
+                }
+            });
+            if let Some(co) = server {
+                for id in undo_server {
+                    co.conn().statements.remove(id);
+                }
+            }
+            // The proxy's own request failed in front of a simple Query: the server now
+            // ignores everything up to a Sync, so send one; its ReadyForQuery answers the
+            // client's Query.
+            if matches!(unit.action, Action::Swallow)
+                && matches!(next, Some(Kind::Query) | Some(Kind::FunctionCall))
+            {
+                put_sync(&mut self.sout);
+            }
+        }
+        if forward {
+            Route::ForwardThenFlush
+        } else {
+            Route::Drop
+        }
+    }
+
+    fn undo_statement(&mut self, unit: &crate::server::pending::Unit) {
+        if let Some(id) = unit.stmt {
+            if let Some(co) = self.server.as_mut() {
+                co.conn().statements.remove(id);
+            }
+        }
+        if let Some(n) = &unit.name {
+            self.statements.remove(n);
+        }
+    }
+}
+
+enum Route {
+    /// Part of a run copied to the client.
+    Forward,
+    /// Copy the run including this message now (synthesized responses may follow).
+    ForwardThenFlush,
+    Drop,
+    Broken(PgError),
+}
+
+fn command_of(tag: u8, body: &[u8]) -> Command {
+    match tag {
+        b'C' => Command::from_tag(body.strip_suffix(b"\0").unwrap_or(body)),
+        _ => Command::Other,
+    }
+}

@@ -1,0 +1,250 @@
+//! The session loop of one authenticated client: one task, one state struct, one poll loop.
+//!
+//! Data path: bytes from the client are framed in `cin` and handled message by message
+//! (`frontend.rs`): forwarded to `sout`, rewritten, or answered by the proxy. Bytes from the
+//! server are framed in the server's `rbuf` and handled by `relay.rs`: forwarded to `cout`
+//! in runs, or swallowed when they answer the proxy's own requests. [`Session::poll_io`]
+//! moves bytes in all four directions at once, so a client pipelining large requests while
+//! the server streams large results never deadlocks, and memory stays bounded: a side is not
+//! read while the buffer it feeds is above `HIGH_WATER`.
+//!
+//! Invariants:
+//! - In transaction mode the server connection is held from the first message of a
+//!   transaction to the ReadyForQuery 'I' that ends it with nothing outstanding
+//!   ([`Session::maybe_release`]); it goes back to the pool only through `release.rs`.
+//! - Nothing here awaits while holding a lock.
+//! - `poll_io` is the only place that waits; it is cancel-safe (no partial state on Pending).
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use super::cancel::CancelSlot;
+use super::statements::ClientStatements;
+use crate::config::{PoolMode, SessionStatePolicy};
+use crate::metrics::LabelSet;
+use crate::net::Stream;
+use crate::pool::{Checkout, Pool};
+use crate::protocol::backend::PgError;
+use crate::proxy::{ClientInfo, Shared};
+use crate::server::params::ClientParams;
+use crate::server::pending::Pending;
+use crate::server::Dirty;
+use crate::tenancy::TenantCtx;
+
+/// Stop reading a side while the buffer it feeds holds more than this.
+pub const HIGH_WATER: usize = 256 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
+
+pub struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) info: Arc<ClientInfo>,
+    pub(super) pool: Arc<Pool>,
+    pub(super) mode: PoolMode,
+    pub(super) policy: SessionStatePolicy,
+    pub(super) tenant: Option<Arc<TenantCtx>>,
+    pub(super) labels: Arc<LabelSet>,
+    pub(super) params: ClientParams,
+    pub(super) max_message: usize,
+    pub(super) cancel: Arc<CancelSlot>,
+    /// The BackendKeyData this client was given.
+    pub(super) key: (i32, i32),
+
+    pub(super) client: Stream,
+    pub(super) cin: BytesMut,
+    pub(super) cout: BytesMut,
+    pub(super) server: Option<Checkout>,
+    pub(super) sout: BytesMut,
+
+    /// Responses the server still owes, in order.
+    pub(super) pending: Pending,
+    /// Extended-protocol messages were forwarded since the last Sync.
+    pub(super) unsynced: bool,
+    /// Transaction status of the last ReadyForQuery from the server.
+    pub(super) status: u8,
+    /// The client is sending COPY data.
+    pub(super) copy_in: bool,
+    /// The proxy answered an extended-protocol message with an error: drop client messages
+    /// up to the next Sync, as PostgreSQL does.
+    pub(super) skip_till_sync: bool,
+    /// Waiting for outstanding responses before the next block can be given its context.
+    pub(super) hold: bool,
+    /// Session state left on the server by this client (T2).
+    pub(super) dirty: Dirty,
+    /// Pinned to its server connection (policy `pin`, or session mode).
+    pub(super) pinned: bool,
+    pub(super) statements: ClientStatements,
+    /// When the first message of the statement being built was forwarded (extended protocol).
+    pub(super) stmt_started: Option<Instant>,
+    /// Running mark for per-statement latency inside a multi-statement Query.
+    pub(super) stmt_mark: Option<Instant>,
+    /// The server connection was lost or is in an unknown state: close it.
+    pub(super) server_broken: bool,
+}
+
+pub(super) enum Event {
+    ClientData,
+    ClientEof,
+    ServerData,
+    ServerEof,
+    ClientError(std::io::Error),
+    ServerError(std::io::Error),
+}
+
+/// Why a session ended; decides what the client is told.
+pub enum End {
+    /// Client sent Terminate or closed.
+    ClientGone,
+    /// Send this error and close.
+    Fatal(PgError),
+}
+
+impl Session {
+    pub async fn run(mut self) -> End {
+        let end = self.run_inner().await;
+        self.finish(&end).await;
+        end
+    }
+
+    async fn run_inner(&mut self) -> End {
+        loop {
+            if let Err(e) = self.process_server() {
+                return End::Fatal(e);
+            }
+            match self.process_client().await {
+                Ok(true) => {}
+                Ok(false) => return End::ClientGone,
+                Err(e) => return End::Fatal(e),
+            }
+            if self.server_broken {
+                return End::Fatal(PgError::fatal(
+                    "08006",
+                    "pgward: server connection lost; the transaction was aborted",
+                ));
+            }
+            self.maybe_release();
+            // Between transactions, a shutdown ends the session (checked at every wake-up;
+            // idle clients are closed when the process exits after draining).
+            if self.server.is_none()
+                && self
+                    .shared
+                    .shutting_down
+                    .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return End::Fatal(PgError::fatal(
+                    "57P01",
+                    "terminating connection due to administrator command (pgward shutting down)",
+                ));
+            }
+            let ev = poll_fn(|cx| self.poll_io(cx)).await;
+            match ev {
+                Event::ClientData | Event::ServerData => {}
+                Event::ClientEof => return End::ClientGone,
+                Event::ClientError(e) => {
+                    tracing::debug!(client = self.info.id, error = %e, "client connection error");
+                    return End::ClientGone;
+                }
+                Event::ServerEof | Event::ServerError(_) => {
+                    if let Event::ServerError(e) = &ev {
+                        tracing::warn!(pool = self.pool.name(), error = %e, "server connection error");
+                    }
+                    // Deliver whatever the server said last (e.g. a FATAL 57P01) first.
+                    let _ = self.process_server();
+                    self.server_broken = true;
+                    return End::Fatal(PgError::fatal(
+                        "08006",
+                        "pgward: server connection lost; the transaction was aborted",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Move bytes: write what is buffered, read what is readable. Ready when there is
+    /// something new to process.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        loop {
+            let mut progress = false;
+            if !self.cout.is_empty() {
+                match Pin::new(&mut self.client).poll_write(cx, &self.cout) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientEof),
+                    Poll::Ready(Ok(n)) => {
+                        self.cout.advance(n);
+                        progress = true;
+                        if self.cout.is_empty() && self.client.is_tls() {
+                            let _ = Pin::new(&mut self.client).poll_flush(cx);
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientError(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(co) = self.server.as_mut() {
+                let conn = co.conn();
+                if !self.sout.is_empty() {
+                    match Pin::new(&mut conn.stream).poll_write(cx, &self.sout) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Event::ServerEof),
+                        Poll::Ready(Ok(n)) => {
+                            self.sout.advance(n);
+                            progress = true;
+                            if self.sout.is_empty() && conn.stream.is_tls() {
+                                let _ = Pin::new(&mut conn.stream).poll_flush(cx);
+                            }
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Event::ServerError(e)),
+                        Poll::Pending => {}
+                    }
+                }
+                if self.cout.len() < HIGH_WATER {
+                    if conn.rbuf.capacity() - conn.rbuf.len() < 1024 {
+                        conn.rbuf.reserve(READ_CHUNK);
+                    }
+                    match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Event::ServerEof),
+                        Poll::Ready(Ok(_)) => return Poll::Ready(Event::ServerData),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Event::ServerError(e)),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if self.sout.len() < HIGH_WATER && !self.hold {
+                let idle = self.cin.is_empty() && self.cin.capacity() == 0;
+                let ready = match (&self.client, idle) {
+                    // An idle client costs no buffer until it has something to say.
+                    (Stream::Tcp(t), true) => t.poll_read_ready(cx).is_ready(),
+                    _ => true,
+                };
+                if ready {
+                    if self.cin.capacity() - self.cin.len() < 1024 {
+                        self.cin.reserve(READ_CHUNK);
+                    }
+                    match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cin) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientEof),
+                        Poll::Ready(Ok(_)) => return Poll::Ready(Event::ClientData),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientError(e)),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Write everything buffered for the client (used at the end of the session).
+    pub(super) async fn flush_client(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        if !self.cout.is_empty() {
+            let _ = self.client.write_all(&self.cout).await;
+            self.cout.clear();
+        }
+        let _ = self.client.flush().await;
+    }
+}

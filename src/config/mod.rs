@@ -1,0 +1,169 @@
+//! Configuration: TOML → [`RawConfig`] (serde) → validated, immutable [`Config`].
+//!
+//! Invariants:
+//! - A `Config` that exists is valid: every reference (tenant → database, admin user, tenant
+//!   users) resolves, every duration and address parsed.
+//! - Errors name the file and the key (`pool.mode`, `databases[1].upstream`).
+//! - The running proxy holds an `Arc<Config>`; reload builds a new one and swaps it whole.
+
+mod raw;
+mod upstream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use raw::{render_effective, RawConfig};
+pub use upstream::{SslMode, Upstream};
+
+use crate::auth::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+#[error("config error in {file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    Transaction,
+    Session,
+}
+
+/// What to do when a client leaves session state on a server connection (T2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionStatePolicy {
+    Reset,
+    Pin,
+    Reject,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientTls {
+    Disable,
+    Allow,
+    Require,
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_size: usize,
+    pub checkout_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub server_lifetime: Duration,
+    pub connect_timeout: Duration,
+    pub session_state: SessionStatePolicy,
+    pub max_prepared_statements: usize,
+}
+
+#[derive(Debug)]
+pub struct Database {
+    pub name: String,
+    pub upstream: Upstream,
+    pub pool: PoolSettings,
+    pub tenant_required: bool,
+}
+
+#[derive(Debug)]
+pub struct User {
+    pub name: String,
+    /// `None`: trust (no password asked).
+    pub secret: Option<Secret>,
+    /// Method offered to the client.
+    pub auth: AuthMethod,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    Trust,
+    Password,
+    Md5,
+    ScramSha256,
+}
+
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: String,
+    pub database: String,
+    pub search_path: Vec<String>,
+    pub settings: BTreeMap<String, String>,
+    pub role: Option<String>,
+    /// `None`: every configured user may select this tenant.
+    pub users: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_tls: ClientTls,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct MetricsSettings {
+    /// Tenants beyond this many get `tenant="other"` on histograms.
+    pub tenant_label_cap: usize,
+    pub buckets: Vec<f64>,
+    pub slow_statement_threshold: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    pub admin_users: Vec<String>,
+    pub workers: usize,
+    pub max_client_connections: usize,
+    pub max_message_size: usize,
+    pub log_format: String,
+    pub databases: Vec<Arc<Database>>,
+    pub users: HashMap<String, Arc<User>>,
+    pub tenants: HashMap<String, Arc<Tenant>>,
+    pub tls: Option<TlsSettings>,
+    pub metrics: MetricsSettings,
+    /// The raw form, for `check-config` and `SHOW CONFIG`.
+    pub raw: RawConfig,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "(syntax)".into());
+            ConfigError {
+                file: file.clone(),
+                key,
+                message: e.message().to_string(),
+            }
+        })?;
+        raw::validate(raw, path)
+    }
+
+    pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+}

@@ -1,0 +1,510 @@
+//! The TOML shape (serde) and its validation into [`Config`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    #[serde(default)]
+    pub admin_users: Vec<String>,
+    /// Tokio worker threads; 0 = one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Largest client message accepted, in bytes.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// "human" or "json".
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    #[serde(default)]
+    pub pool: RawPool,
+    #[serde(default)]
+    pub databases: Vec<RawDatabase>,
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default = "default_size")]
+    pub size: usize,
+    #[serde(default)]
+    pub min_size: usize,
+    #[serde(default = "default_max_clients")]
+    pub max_client_connections: usize,
+    #[serde(default = "default_checkout_timeout")]
+    pub checkout_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+    #[serde(default = "default_lifetime")]
+    pub server_lifetime: String,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    #[serde(default = "default_session_state")]
+    pub session_state: String,
+    #[serde(default = "default_max_prepared")]
+    pub max_prepared_statements: usize,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub name: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    #[serde(default)]
+    pub min_size: Option<usize>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default, alias = "required")]
+    pub tenant_required: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// "scram-sha-256" | "md5" | "password" | "trust"; default from the password's form.
+    #[serde(default)]
+    pub auth: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub id: String,
+    pub database: String,
+    #[serde(default)]
+    pub search_path: Vec<String>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub users: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default = "default_client_tls")]
+    pub client_tls: String,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    #[serde(default = "default_tenant_cap")]
+    pub tenant_label_cap: usize,
+    #[serde(default = "default_buckets")]
+    pub buckets: Vec<f64>,
+    #[serde(default)]
+    pub slow_statement_threshold: Option<String>,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_max_message_size() -> usize {
+    64 << 20
+}
+fn default_log_format() -> String {
+    "human".into()
+}
+fn default_mode() -> String {
+    "transaction".into()
+}
+fn default_size() -> usize {
+    20
+}
+fn default_max_clients() -> usize {
+    10_000
+}
+fn default_checkout_timeout() -> String {
+    "5s".into()
+}
+fn default_idle_timeout() -> String {
+    "10m".into()
+}
+fn default_lifetime() -> String {
+    "1h".into()
+}
+fn default_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_session_state() -> String {
+    "reset".into()
+}
+fn default_max_prepared() -> usize {
+    250
+}
+fn default_client_tls() -> String {
+    "allow".into()
+}
+fn default_tenant_cap() -> usize {
+    50
+}
+/// From 50 µs to 30 s: resolves both 100 µs and 10 s.
+pub fn default_buckets() -> Vec<f64> {
+    vec![
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+}
+
+pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let err = |key: String, message: String| ConfigError {
+        file: file.clone(),
+        key,
+        message,
+    };
+    let dur = |key: &str, v: &str| {
+        humantime::parse_duration(v).map_err(|e| {
+            err(
+                key.into(),
+                format!("{v:?} is not a duration ({e}); use e.g. \"5s\""),
+            )
+        })
+    };
+    let addr = |key: &str, v: &str| {
+        v.parse()
+            .map_err(|e| err(key.into(), format!("{v:?} is not an address:port ({e})")))
+    };
+    let mode = |key: String, v: &str| match v {
+        "transaction" => Ok(PoolMode::Transaction),
+        "session" => Ok(PoolMode::Session),
+        _ => Err(err(
+            key,
+            format!("{v:?}: must be \"transaction\" or \"session\""),
+        )),
+    };
+
+    let p = &raw.pool;
+    if p.size == 0 {
+        return Err(err("pool.size".into(), "must be at least 1".into()));
+    }
+    if p.min_size > p.size {
+        return Err(err(
+            "pool.min_size".into(),
+            "must not exceed pool.size".into(),
+        ));
+    }
+    let pool = PoolSettings {
+        mode: mode("pool.mode".into(), &p.mode)?,
+        size: p.size,
+        min_size: p.min_size,
+        checkout_timeout: dur("pool.checkout_timeout", &p.checkout_timeout)?,
+        idle_timeout: dur("pool.idle_timeout", &p.idle_timeout)?,
+        server_lifetime: dur("pool.server_lifetime", &p.server_lifetime)?,
+        connect_timeout: dur("pool.connect_timeout", &p.connect_timeout)?,
+        session_state: match p.session_state.as_str() {
+            "reset" => SessionStatePolicy::Reset,
+            "pin" => SessionStatePolicy::Pin,
+            "reject" => SessionStatePolicy::Reject,
+            v => {
+                return Err(err(
+                    "pool.session_state".into(),
+                    format!("{v:?}: must be \"reset\", \"pin\" or \"reject\""),
+                ))
+            }
+        },
+        max_prepared_statements: p.max_prepared_statements,
+    };
+
+    let mut databases = Vec::new();
+    let mut names = HashSet::new();
+    for (i, d) in raw.databases.iter().enumerate() {
+        let key = |k: &str| format!("databases[{i}].{k}");
+        if d.name.is_empty() || d.name == "pgward" {
+            return Err(err(
+                key("name"),
+                "must be non-empty and not \"pgward\" (the admin console)".into(),
+            ));
+        }
+        if !names.insert(d.name.clone()) {
+            return Err(err(key("name"), format!("duplicate database {:?}", d.name)));
+        }
+        let upstream = Upstream::parse(&d.upstream).map_err(|m| err(key("upstream"), m))?;
+        let mut settings = pool.clone();
+        if let Some(size) = d.pool_size {
+            if size == 0 {
+                return Err(err(key("pool_size"), "must be at least 1".into()));
+            }
+            settings.size = size;
+        }
+        if let Some(m) = d.min_size {
+            settings.min_size = m;
+        }
+        settings.min_size = settings.min_size.min(settings.size);
+        if let Some(m) = &d.mode {
+            settings.mode = mode(key("mode"), m)?;
+        }
+        databases.push(Arc::new(Database {
+            name: d.name.clone(),
+            upstream,
+            pool: settings,
+            tenant_required: d.tenant_required,
+        }));
+    }
+
+    let mut users = HashMap::new();
+    for (i, u) in raw.users.iter().enumerate() {
+        let key = |k: &str| format!("users[{i}].{k}");
+        if u.name.is_empty() {
+            return Err(err(key("name"), "must be non-empty".into()));
+        }
+        let secret = match &u.password {
+            Some(p) => Some(Secret::parse(p).map_err(|e| err(key("password"), e.to_string()))?),
+            None => None,
+        };
+        let auth = match (u.auth.as_deref(), &secret) {
+            (Some("trust"), _) | (None, None) => AuthMethod::Trust,
+            (Some(_), None) => {
+                return Err(err(key("password"), "required unless auth = \"trust\"".into()))
+            }
+            (Some("password"), _) => AuthMethod::Password,
+            (Some("md5"), Some(Secret::Scram(_))) => {
+                return Err(err(
+                    key("auth"),
+                    "md5 cannot be checked against a SCRAM verifier; give a plaintext or md5 password".into(),
+                ))
+            }
+            (Some("md5"), _) | (None, Some(Secret::Md5 { .. })) => AuthMethod::Md5,
+            (Some("scram-sha-256"), Some(Secret::Md5 { .. })) => {
+                return Err(err(
+                    key("auth"),
+                    "scram-sha-256 cannot be checked against an md5 hash; give a plaintext password or a SCRAM verifier".into(),
+                ))
+            }
+            (Some("scram-sha-256"), _) | (None, Some(_)) => AuthMethod::ScramSha256,
+            (Some(other), _) => {
+                return Err(err(
+                    key("auth"),
+                    format!("{other:?}: must be \"scram-sha-256\", \"md5\", \"password\" or \"trust\""),
+                ))
+            }
+        };
+        if users
+            .insert(
+                u.name.clone(),
+                Arc::new(User {
+                    name: u.name.clone(),
+                    secret,
+                    auth,
+                }),
+            )
+            .is_some()
+        {
+            return Err(err(key("name"), format!("duplicate user {:?}", u.name)));
+        }
+    }
+    for (i, a) in raw.admin_users.iter().enumerate() {
+        if !users.contains_key(a) {
+            return Err(err(
+                format!("admin_users[{i}]"),
+                format!("{a:?} is not in [[users]]"),
+            ));
+        }
+    }
+
+    let mut tenants = HashMap::new();
+    for (i, t) in raw.tenants.iter().enumerate() {
+        let key = |k: &str| format!("tenants[{i}].{k}");
+        if t.id.is_empty() || t.id.len() > 63 {
+            return Err(err(key("id"), "must be 1 to 63 bytes".into()));
+        }
+        if !names.contains(&t.database) {
+            return Err(err(
+                key("database"),
+                format!("{:?} is not in [[databases]]", t.database),
+            ));
+        }
+        if names.contains(&t.id) || t.id == "pgward" {
+            return Err(err(
+                key("id"),
+                format!("{:?} collides with a database name", t.id),
+            ));
+        }
+        let mut settings = BTreeMap::new();
+        for (k, v) in &t.settings {
+            let lk = k.to_ascii_lowercase();
+            if matches!(
+                lk.as_str(),
+                "search_path" | "role" | "session_authorization"
+            ) {
+                return Err(err(
+                    key(&format!("settings.{k}")),
+                    "use the tenant's search_path / role keys for this setting".into(),
+                ));
+            }
+            if lk.is_empty() {
+                return Err(err(key("settings"), "empty setting name".into()));
+            }
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    return Err(err(
+                        key(&format!("settings.{k}")),
+                        "must be a string, number or boolean".into(),
+                    ))
+                }
+            };
+            settings.insert(lk, value);
+        }
+        if let Some(list) = &t.users {
+            for (j, u) in list.iter().enumerate() {
+                if !users.contains_key(u) {
+                    return Err(err(
+                        key(&format!("users[{j}]")),
+                        format!("{u:?} is not in [[users]]"),
+                    ));
+                }
+            }
+        }
+        if tenants
+            .insert(
+                t.id.clone(),
+                Arc::new(Tenant {
+                    id: t.id.clone(),
+                    database: t.database.clone(),
+                    search_path: t.search_path.clone(),
+                    settings,
+                    role: t.role.clone(),
+                    users: t.users.clone(),
+                }),
+            )
+            .is_some()
+        {
+            return Err(err(key("id"), format!("duplicate tenant {:?}", t.id)));
+        }
+    }
+
+    let tls = match &raw.tls {
+        None => None,
+        Some(t) => Some(TlsSettings {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            client_tls: match t.client_tls.as_str() {
+                "disable" => ClientTls::Disable,
+                "allow" => ClientTls::Allow,
+                "require" => ClientTls::Require,
+                v => {
+                    return Err(err(
+                        "tls.client_tls".into(),
+                        format!("{v:?}: must be \"disable\", \"allow\" or \"require\""),
+                    ))
+                }
+            },
+            client_ca: t.client_ca.clone(),
+        }),
+    };
+
+    let m = &raw.metrics;
+    if m.buckets.is_empty() || m.buckets.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(err(
+            "metrics.buckets".into(),
+            "must be a non-empty increasing list".into(),
+        ));
+    }
+    let metrics = MetricsSettings {
+        tenant_label_cap: m.tenant_label_cap,
+        buckets: m.buckets.clone(),
+        slow_statement_threshold: match &m.slow_statement_threshold {
+            Some(v) => Some(dur("metrics.slow_statement_threshold", v)?),
+            None => None,
+        },
+    };
+    if !matches!(raw.log_format.as_str(), "human" | "json") {
+        return Err(err(
+            "log_format".into(),
+            "must be \"human\" or \"json\"".into(),
+        ));
+    }
+    if raw.max_message_size < 1024 {
+        return Err(err(
+            "max_message_size".into(),
+            "must be at least 1024 bytes".into(),
+        ));
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        listen: addr("listen", &raw.listen)?,
+        http_listen: match &raw.http_listen {
+            Some(h) => Some(addr("http_listen", h)?),
+            None => None,
+        },
+        admin_users: raw.admin_users.clone(),
+        workers: raw.workers,
+        max_client_connections: raw.pool.max_client_connections,
+        max_message_size: raw.max_message_size,
+        log_format: raw.log_format.clone(),
+        databases,
+        users,
+        tenants,
+        tls,
+        metrics,
+        raw,
+    })
+}
+
+/// The effective configuration as TOML, with passwords masked.
+pub fn render_effective(raw: &RawConfig) -> String {
+    let mut r = raw.clone();
+    for u in &mut r.users {
+        if u.password.is_some() {
+            u.password = Some("********".into());
+        }
+    }
+    for d in &mut r.databases {
+        if let Ok(mut url) = url::Url::parse(&d.upstream) {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("********"));
+                d.upstream = url.to_string();
+            }
+        }
+    }
+    toml::to_string_pretty(&r).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}

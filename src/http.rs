@@ -1,0 +1,126 @@
+//! HTTP endpoints on `http_listen`: `/metrics` (Prometheus text), `/health` (200 while the
+//! process serves) and `/ready` (200 only when every database's upstream accepted a
+//! connection recently; 503 with a plain-text reason otherwise).
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::proxy::Shared;
+
+/// An upstream is "recently" reachable if proven within this window.
+pub const READY_WINDOW: Duration = Duration::from_secs(30);
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(&shared, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => {
+            publish_gauges(shared);
+            let mut r = text(StatusCode::OK, crate::metrics::render());
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/health" => {
+            if shared.shutting_down.load(Ordering::Acquire) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
+            } else {
+                text(StatusCode::OK, "ok\n".into())
+            }
+        }
+        "/ready" => match readiness(shared) {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason + "\n"),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /health, /ready\n".into(),
+        ),
+    }
+}
+
+/// Ok when every pool's upstream was proven reachable within [`READY_WINDOW`].
+pub fn readiness(shared: &Shared) -> Result<(), String> {
+    if shared.shutting_down.load(Ordering::Acquire) {
+        return Err("shutting down".into());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let mut bad = Vec::new();
+    for p in shared.pools.iter() {
+        let last = p.last_ok_ms.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) > READY_WINDOW.as_millis() as u64 {
+            let why = p
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| "no successful connection yet".into());
+            bad.push(format!(
+                "database {}: upstream not reachable recently ({why})",
+                p.name()
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// Connection gauges are computed when scraped rather than on every state change.
+fn publish_gauges(shared: &Shared) {
+    for p in shared.pools.iter() {
+        let mut n = [0usize; 3];
+        for c in shared.clients.iter() {
+            if c.database == p.name() {
+                n[(c.state.load(Ordering::Relaxed) as usize).min(2)] += 1;
+            }
+        }
+        crate::metrics::set_connection_gauges(
+            p.name(),
+            n[1] as f64,
+            n[0] as f64,
+            n[2] as f64,
+            p.stats.active.load(Ordering::Relaxed) as f64,
+            p.stats.idle.load(Ordering::Relaxed) as f64,
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! The `pgward` command line: run the proxy, check a configuration, or start the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pgward",
+    version,
+    about = "PostgreSQL connection pooler and tenancy proxy"
+)]
+struct Cli {
+    /// Configuration file (TOML); runs the proxy in the foreground.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy in the foreground (same as `pgward --config FILE`).
+    Run,
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL with two tenant schemas and pgward in front of it.
+    Demo {
+        /// Port for pgward's Postgres listener.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::CheckConfig { file }) => match pgward::config::Config::load(&file) {
+            Ok(c) => {
+                print!("{}", pgward::config::render_effective(&c.raw));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgward: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Cmd::Demo { port }) => {
+            init_logging("human");
+            match runtime(0).block_on(pgward::demo::run(port)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pgward demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Cmd::Run) | None => {
+            let Some(path) = cli.config else {
+                eprintln!("pgward: no configuration given; use `pgward --config FILE` (or `pgward demo` to try it out)");
+                return ExitCode::from(2);
+            };
+            let config = match pgward::config::Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("pgward: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(&config.log_format);
+            let workers = config.workers;
+            match runtime(workers).block_on(pgward::run::run_foreground(path, config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pgward: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build().expect("tokio runtime")
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}

@@ -1,0 +1,306 @@
+//! Prometheus metrics through the `metrics` facade.
+//!
+//! Invariants:
+//! - Per-statement recording goes through pre-registered handles ([`LabelSet`]), cached per
+//!   (database, tenant label): no label strings are built per query.
+//! - The tenant label is bounded: the first `tenant_label_cap` tenants seen get their own
+//!   label, the rest share `tenant="other"`.
+//! - Command labels come from a fixed set ([`Command`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::MetricsSettings;
+
+/// Statement kinds used as the `command` label (from CommandComplete tags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    Copy,
+    Begin,
+    Commit,
+    Rollback,
+    Set,
+    Ddl,
+    Other,
+}
+
+pub const COMMANDS: [Command; 12] = [
+    Command::Select,
+    Command::Insert,
+    Command::Update,
+    Command::Delete,
+    Command::Merge,
+    Command::Copy,
+    Command::Begin,
+    Command::Commit,
+    Command::Rollback,
+    Command::Set,
+    Command::Ddl,
+    Command::Other,
+];
+
+impl Command {
+    pub fn label(self) -> &'static str {
+        match self {
+            Command::Select => "SELECT",
+            Command::Insert => "INSERT",
+            Command::Update => "UPDATE",
+            Command::Delete => "DELETE",
+            Command::Merge => "MERGE",
+            Command::Copy => "COPY",
+            Command::Begin => "BEGIN",
+            Command::Commit => "COMMIT",
+            Command::Rollback => "ROLLBACK",
+            Command::Set => "SET",
+            Command::Ddl => "DDL",
+            Command::Other => "OTHER",
+        }
+    }
+    /// From a CommandComplete tag ("SELECT 1", "INSERT 0 5", "CREATE TABLE", …).
+    pub fn from_tag(tag: &[u8]) -> Command {
+        let word = tag.split(|&b| b == b' ').next().unwrap_or(b"");
+        match word {
+            b"SELECT" | b"FETCH" | b"SHOW" => Command::Select,
+            b"INSERT" => Command::Insert,
+            b"UPDATE" => Command::Update,
+            b"DELETE" => Command::Delete,
+            b"MERGE" => Command::Merge,
+            b"COPY" => Command::Copy,
+            b"BEGIN" | b"START" => Command::Begin,
+            b"COMMIT" => Command::Commit,
+            b"ROLLBACK" => Command::Rollback,
+            b"SET" | b"RESET" => Command::Set,
+            b"CREATE" | b"ALTER" | b"DROP" | b"TRUNCATE" | b"COMMENT" | b"GRANT" | b"REVOKE" => {
+                Command::Ddl
+            }
+            _ => Command::Other,
+        }
+    }
+    fn index(self) -> usize {
+        COMMANDS
+            .iter()
+            .position(|c| *c == self)
+            .unwrap_or(COMMANDS.len() - 1)
+    }
+}
+
+/// Pre-registered handles for one (database, tenant label).
+pub struct LabelSet {
+    statement: Vec<Histogram>,
+    pub transaction: Histogram,
+    pub tenant: Arc<str>,
+}
+
+impl LabelSet {
+    #[inline]
+    pub fn statement(&self, cmd: Command, d: Duration) {
+        self.statement[cmd.index()].record(d.as_secs_f64());
+    }
+}
+
+struct Registry {
+    handle: PrometheusHandle,
+    sets: DashMap<(Arc<str>, Arc<str>), Arc<LabelSet>>,
+    tenants_labelled: DashMap<Arc<str>, ()>,
+    cap: AtomicUsize,
+    errors: DashMap<[u8; 2], Counter>,
+}
+
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+
+/// Install the recorder (once per process); later calls return the same handle.
+pub fn install(cfg: &MetricsSettings) -> PrometheusHandle {
+    let r = REGISTRY.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &cfg.buckets)
+            .expect("bucket list validated in config");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // A second install in the same process (tests) keeps the first recorder.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        Registry {
+            handle,
+            sets: DashMap::new(),
+            tenants_labelled: DashMap::new(),
+            cap: AtomicUsize::new(cfg.tenant_label_cap),
+            errors: DashMap::new(),
+        }
+    });
+    r.cap.store(cfg.tenant_label_cap, Ordering::Relaxed);
+    r.handle.clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        "pgward_query_duration_seconds",
+        Unit::Seconds,
+        "Statement duration at the proxy, first byte forwarded to completion"
+    );
+    describe_histogram!(
+        "pgward_transaction_duration_seconds",
+        Unit::Seconds,
+        "Server connection hold time per transaction"
+    );
+    describe_histogram!(
+        "pgward_checkout_wait_seconds",
+        Unit::Seconds,
+        "Time a client waited for a server connection"
+    );
+    describe_histogram!(
+        "pgward_server_connect_seconds",
+        Unit::Seconds,
+        "Time to open and authenticate a server connection"
+    );
+    describe_gauge!("pgward_client_connections", "Client connections by state");
+    describe_gauge!("pgward_server_connections", "Server connections by state");
+    describe_counter!(
+        "pgward_errors_total",
+        "ErrorResponses sent to clients, by SQLSTATE class"
+    );
+    describe_counter!(
+        "pgward_session_resets_total",
+        "Session state reset or pinned, by kind"
+    );
+    describe_counter!(
+        "pgward_rejected_statements_total",
+        "Statements refused by the proxy, by reason"
+    );
+    describe_counter!("pgward_bytes_total", "Bytes relayed, by direction");
+}
+
+/// Handles for a client of `database` in `tenant` (None: no tenant).
+pub fn labels(database: &str, tenant: Option<&str>) -> Arc<LabelSet> {
+    let Some(r) = REGISTRY.get() else {
+        return Arc::new(noop_set());
+    };
+    let tenant_label: Arc<str> = match tenant {
+        None => "".into(),
+        Some(t) => {
+            let known = r.tenants_labelled.contains_key(t);
+            if known || r.tenants_labelled.len() < r.cap.load(Ordering::Relaxed) {
+                if !known {
+                    r.tenants_labelled.insert(t.into(), ());
+                }
+                t.into()
+            } else {
+                "other".into()
+            }
+        }
+    };
+    let key = (Arc::<str>::from(database), tenant_label.clone());
+    if let Some(s) = r.sets.get(&key) {
+        return s.clone();
+    }
+    let db = database.to_string();
+    let tn = tenant_label.to_string();
+    let set = Arc::new(LabelSet {
+        statement: COMMANDS
+            .iter()
+            .map(|c| {
+                histogram!("pgward_query_duration_seconds", "database" => db.clone(), "tenant" => tn.clone(), "command" => c.label())
+            })
+            .collect(),
+        transaction: histogram!("pgward_transaction_duration_seconds", "database" => db.clone(), "tenant" => tn.clone()),
+        tenant: tenant_label,
+    });
+    r.sets.entry(key).or_insert(set).clone()
+}
+
+fn noop_set() -> LabelSet {
+    LabelSet {
+        statement: COMMANDS.iter().map(|_| Histogram::noop()).collect(),
+        transaction: Histogram::noop(),
+        tenant: "".into(),
+    }
+}
+
+pub fn render() -> String {
+    match REGISTRY.get() {
+        Some(r) => {
+            r.handle.run_upkeep();
+            r.handle.render()
+        }
+        None => String::new(),
+    }
+}
+
+pub fn upkeep() {
+    if let Some(r) = REGISTRY.get() {
+        r.handle.run_upkeep();
+    }
+}
+
+pub fn checkout_wait(database: &str, d: Duration) {
+    histogram!("pgward_checkout_wait_seconds", "database" => database.to_string())
+        .record(d.as_secs_f64());
+}
+
+pub fn server_connect(database: &str, d: Duration) {
+    histogram!("pgward_server_connect_seconds", "database" => database.to_string())
+        .record(d.as_secs_f64());
+}
+
+/// An ErrorResponse went to a client; `code` is its SQLSTATE.
+pub fn error(code: &[u8]) {
+    let class = [
+        code.first().copied().unwrap_or(b'?'),
+        code.get(1).copied().unwrap_or(b'?'),
+    ];
+    match REGISTRY.get() {
+        Some(r) => {
+            let c = r
+                .errors
+                .entry(class)
+                .or_insert_with(|| {
+                    counter!("pgward_errors_total", "sqlstate_class" => String::from_utf8_lossy(&class).into_owned())
+                })
+                .clone();
+            c.increment(1);
+        }
+        None => {}
+    }
+}
+
+pub fn session_reset(kind: &'static str) {
+    counter!("pgward_session_resets_total", "kind" => kind).increment(1);
+}
+
+pub fn rejected(reason: &'static str) {
+    counter!("pgward_rejected_statements_total", "reason" => reason).increment(1);
+}
+
+pub fn bytes(direction: &'static str, n: u64) {
+    counter!("pgward_bytes_total", "direction" => direction).increment(n);
+}
+
+pub fn set_connection_gauges(
+    database: &str,
+    client_active: f64,
+    client_idle: f64,
+    client_waiting: f64,
+    server_active: f64,
+    server_idle: f64,
+) {
+    let db = database.to_string();
+    gauge!("pgward_client_connections", "database" => db.clone(), "state" => "active")
+        .set(client_active);
+    gauge!("pgward_client_connections", "database" => db.clone(), "state" => "idle")
+        .set(client_idle);
+    gauge!("pgward_client_connections", "database" => db.clone(), "state" => "waiting")
+        .set(client_waiting);
+    gauge!("pgward_server_connections", "database" => db.clone(), "state" => "active")
+        .set(server_active);
+    gauge!("pgward_server_connections", "database" => db, "state" => "idle").set(server_idle);
+}

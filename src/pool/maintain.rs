@@ -1,0 +1,85 @@
+//! Background upkeep of one pool, once a second: close idle connections past `idle_timeout`
+//! or `server_lifetime` (keeping `min_size`), drop dead ones, open connections up to
+//! `min_size`, and probe the upstream when nothing proved it alive recently (for `/ready`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Pool;
+
+/// How stale `last_ok_ms` may get before the maintenance task probes the upstream.
+pub const PROBE_AFTER: Duration = Duration::from_secs(10);
+
+pub fn spawn(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if pool.closed.load(Ordering::Acquire) {
+                return;
+            }
+            run_once(&pool).await;
+        }
+    })
+}
+
+pub async fn run_once(pool: &Arc<Pool>) {
+    let s = &pool.db.pool;
+    let min = s.min_size;
+    // Close what is too old or idle too long, beyond min_size, and anything dead.
+    let removed = pool.with_idle(|idle| {
+        let before = idle.len();
+        idle.retain_mut(|c| {
+            !c.stream.is_broken_while_idle() && c.created.elapsed() <= s.server_lifetime
+        });
+        let mut excess = idle.len().saturating_sub(min);
+        // Oldest-used first: the idle list is pushed and popped at its end.
+        idle.retain(|c| {
+            if excess > 0 && c.last_used.elapsed() > s.idle_timeout {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        before - idle.len()
+    });
+    if removed > 0 {
+        pool.stats.idle.fetch_sub(removed, Ordering::Relaxed);
+        pool.stats
+            .closed_total
+            .fetch_add(removed as u64, Ordering::Relaxed);
+    }
+    let alive = pool.stats.idle.load(Ordering::Relaxed) > 0
+        || pool.stats.active.load(Ordering::Relaxed) > 0;
+    if alive {
+        pool.mark_ok();
+    }
+    // Top up to min_size, or probe when nothing proved the upstream alive recently.
+    let stale = now_ms().saturating_sub(pool.last_ok_ms.load(Ordering::Relaxed))
+        > PROBE_AFTER.as_millis() as u64;
+    let want = if pool.size_now() < min {
+        min - pool.size_now()
+    } else {
+        usize::from(stale && !alive)
+    };
+    for _ in 0..want {
+        let Ok(permit) = pool.sem.clone().try_acquire_owned() else {
+            break;
+        };
+        match pool.open().await {
+            Ok(c) => pool.put_idle(c),
+            Err(_) => break,
+        }
+        drop(permit);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}

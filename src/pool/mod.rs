@@ -1,0 +1,321 @@
+//! A pool of server connections for one database (one upstream, one server user).
+//!
+//! Invariants:
+//! - At most `size` connections exist (idle + checked out + being opened): a semaphore permit
+//!   is held for each, and waiters are served first-in first-out (tokio's fair semaphore).
+//! - A [`Checkout`] is an RAII guard: dropped without [`Checkout::checkin`], its connection is
+//!   closed, never reused (unknown state means close).
+//! - An idle connection is checked for liveness and age before it is handed out.
+//! - No lock is held across an `.await`; the idle list uses a short `std::sync::Mutex`.
+
+pub mod maintain;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{Database, PoolMode};
+use crate::server::params::ParamSet;
+use crate::server::{connect, ServerConn, ServerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("no server connection available in pool {pool} within {waited:?} (pool size {size})")]
+    Timeout {
+        pool: String,
+        waited: Duration,
+        size: usize,
+    },
+    #[error("cannot connect to server for pool {pool}: {source}")]
+    Connect {
+        pool: String,
+        #[source]
+        source: ServerError,
+    },
+    #[error("pool {0} is shutting down")]
+    Closed(String),
+}
+
+/// Counters and gauges read by the admin console and metrics.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub waiting: AtomicUsize,
+    pub active: AtomicUsize,
+    pub idle: AtomicUsize,
+    pub connecting: AtomicUsize,
+    pub opened_total: AtomicU64,
+    pub closed_total: AtomicU64,
+    pub checkouts_total: AtomicU64,
+    pub wait_us_total: AtomicU64,
+    pub max_wait_us: AtomicU64,
+    pub xact_count: AtomicU64,
+    pub query_count: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub xact_time_us: AtomicU64,
+    pub query_time_us: AtomicU64,
+}
+
+pub struct Pool {
+    pub db: Arc<Database>,
+    idle: Mutex<Vec<ServerConn>>,
+    sem: Arc<Semaphore>,
+    pub stats: PoolStats,
+    /// ParameterStatus values of the first successful connection (told to clients at login).
+    baseline: Mutex<Option<Arc<ParamSet>>>,
+    /// Unix time (ms) of the last successful connect or liveness check, for `/ready`.
+    pub last_ok_ms: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    paused: AtomicBool,
+    resumed: Notify,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+}
+
+pub struct Checkout {
+    conn: Option<ServerConn>,
+    _permit: OwnedSemaphorePermit,
+    pub pool: Arc<Pool>,
+    pub since: Instant,
+}
+
+impl Pool {
+    pub fn new(db: Arc<Database>) -> Arc<Pool> {
+        Arc::new(Pool {
+            sem: Arc::new(Semaphore::new(db.pool.size)),
+            db,
+            idle: Mutex::new(Vec::new()),
+            stats: PoolStats::default(),
+            baseline: Mutex::new(None),
+            last_ok_ms: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            resumed: Notify::new(),
+            closed: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.db.name
+    }
+
+    pub fn mode(&self) -> PoolMode {
+        self.db.pool.mode
+    }
+
+    fn label(&self) -> String {
+        format!("{}/{}", self.db.name, self.db.upstream.user)
+    }
+
+    /// Wait (FIFO, bounded by `checkout_timeout`) for a connection: an idle one that is still
+    /// alive, or a new one.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
+        let start = Instant::now();
+        let limit = self.db.pool.checkout_timeout;
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout(limit, async {
+            while self.paused.load(Ordering::Acquire) {
+                let notified = self.resumed.notified();
+                if !self.paused.load(Ordering::Acquire) {
+                    break;
+                }
+                notified.await;
+            }
+            self.sem.clone().acquire_owned().await
+        })
+        .await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = match permit {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(CheckoutError::Closed(self.label())),
+            Err(_) => {
+                return Err(CheckoutError::Timeout {
+                    pool: self.label(),
+                    waited: limit,
+                    size: self.db.pool.size,
+                })
+            }
+        };
+        let waited = start.elapsed();
+        self.record_wait(waited);
+        crate::metrics::checkout_wait(self.name(), waited);
+        let conn = match self.take_idle() {
+            Some(c) => c,
+            None => self.open().await?,
+        };
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.checkouts_total.fetch_add(1, Ordering::Relaxed);
+        Ok(Checkout {
+            conn: Some(conn),
+            _permit: permit,
+            pool: self.clone(),
+            since: Instant::now(),
+        })
+    }
+
+    fn record_wait(&self, waited: Duration) {
+        let us = waited.as_micros() as u64;
+        self.stats.wait_us_total.fetch_add(us, Ordering::Relaxed);
+        self.stats.max_wait_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    fn take_idle(&self) -> Option<ServerConn> {
+        loop {
+            let mut c = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.pop()?
+            };
+            self.stats.idle.fetch_sub(1, Ordering::Relaxed);
+            if c.stream.is_broken_while_idle() || c.created.elapsed() > self.db.pool.server_lifetime
+            {
+                self.stats.closed_total.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            return Some(c);
+        }
+    }
+
+    /// Open a new connection (the caller holds a permit for it).
+    pub async fn open(&self) -> Result<ServerConn, CheckoutError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.stats.connecting.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let r = tokio::time::timeout(self.db.pool.connect_timeout, connect(&self.db.upstream, id))
+            .await
+            .unwrap_or(Err(ServerError::Timeout));
+        self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
+        match r {
+            Ok(c) => {
+                crate::metrics::server_connect(self.name(), start.elapsed());
+                self.stats.opened_total.fetch_add(1, Ordering::Relaxed);
+                self.mark_ok();
+                let mut b = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
+                if b.is_none() {
+                    *b = Some(Arc::new(c.params.baseline.clone()));
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                tracing::warn!(pool = %self.label(), error = %e, "server connection failed");
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                Err(CheckoutError::Connect {
+                    pool: self.label(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    pub fn mark_ok(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.last_ok_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// The ParameterStatus set clients are told at login; connects once if none is known.
+    pub async fn baseline(self: &Arc<Self>) -> Result<Arc<ParamSet>, CheckoutError> {
+        if let Some(b) = self
+            .baseline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(b);
+        }
+        let co = self.checkout().await?;
+        co.checkin();
+        Ok(self
+            .baseline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default())
+    }
+
+    fn put_idle(&self, mut conn: ServerConn) {
+        if self.closed.load(Ordering::Acquire)
+            || conn.created.elapsed() > self.db.pool.server_lifetime
+        {
+            self.stats.closed_total.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        conn.last_used = Instant::now();
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        self.stats.idle.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        self.resumed.notify_waiters();
+    }
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Close idle connections and refuse new checkouts (shutdown, or a replaced pool).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let drained: Vec<ServerConn> =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        self.stats.idle.fetch_sub(drained.len(), Ordering::Relaxed);
+        self.stats
+            .closed_total
+            .fetch_add(drained.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Server connections in existence (idle + in use + opening).
+    pub fn size_now(&self) -> usize {
+        self.db.pool.size - self.sem.available_permits()
+    }
+
+    /// Snapshot of idle connections for SHOW SERVERS: (id, pid, created, last_used).
+    pub fn idle_snapshot(&self) -> Vec<(u64, i32, Instant, Instant)> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| (c.id, c.pid, c.created, c.last_used))
+            .collect()
+    }
+
+    pub(crate) fn with_idle<R>(&self, f: impl FnOnce(&mut Vec<ServerConn>) -> R) -> R {
+        f(&mut self.idle.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Checkout {
+    #[inline]
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("checkout holds a connection")
+    }
+    #[inline]
+    pub fn conn_ref(&self) -> &ServerConn {
+        self.conn.as_ref().expect("checkout holds a connection")
+    }
+    /// Return a clean connection (ReadyForQuery 'I', nothing outstanding) to the pool.
+    pub fn checkin(mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.put_idle(c);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if self.conn.take().is_some() {
+            self.pool.stats.closed_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! State shared by every task of a running proxy: the configuration snapshot (swapped whole
+//! on reload), pools, tenant contexts, cancel keys, the prepared-statement registry and the
+//! list of connected clients (for the admin console).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::client::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::pool::Pool;
+use crate::server::prepared::Registry;
+use crate::tenancy::TenantContexts;
+
+/// What SHOW CLIENTS shows about one client.
+pub struct ClientInfo {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub tenant: Option<String>,
+    pub addr: String,
+    pub connected_at: SystemTime,
+    /// 0 idle, 1 active (holds a server), 2 waiting for a server.
+    pub state: std::sync::atomic::AtomicU8,
+    pub tls: bool,
+    pub application_name: String,
+}
+
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub tenants: ArcSwap<TenantContexts>,
+    pub pools: DashMap<String, Arc<Pool>>,
+    pub cancels: CancelRegistry,
+    pub statements: Registry,
+    pub clients: DashMap<u64, Arc<ClientInfo>>,
+    pub client_count: AtomicUsize,
+    pub next_client: AtomicU64,
+    pub started: Instant,
+    pub shutting_down: AtomicBool,
+    pub shutdown: Notify,
+    /// Key for mock SCRAM salts of unknown users (random per process).
+    pub mock_key: [u8; 32],
+    pub tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
+    /// SCRAM verifiers derived from plaintext passwords (PBKDF2 is slow: once per user).
+    plain_verifiers: DashMap<String, (String, crate::auth::ScramVerifier)>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Result<Arc<Shared>, String> {
+        let tls = match &config.tls {
+            Some(t) => Some(crate::net::tls::server_config(t)?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            tenants: ArcSwap::from_pointee(TenantContexts::build(&config)),
+            config: ArcSwap::from_pointee(config),
+            pools: DashMap::new(),
+            cancels: CancelRegistry::default(),
+            statements: Registry::default(),
+            clients: DashMap::new(),
+            client_count: AtomicUsize::new(0),
+            next_client: AtomicU64::new(1),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+            shutdown: Notify::new(),
+            mock_key: rand::random(),
+            tls: ArcSwap::from_pointee(tls),
+            plain_verifiers: DashMap::new(),
+        });
+        shared.sync_pools();
+        Ok(shared)
+    }
+
+    /// The SCRAM verifier for a user configured with a plaintext password.
+    pub fn plain_verifier(&self, user: &str, password: &str) -> crate::auth::ScramVerifier {
+        if let Some(e) = self.plain_verifiers.get(user) {
+            if e.0 == password {
+                return e.1.clone();
+            }
+        }
+        let salt: [u8; 16] = rand::random();
+        let v = crate::auth::ScramVerifier::from_password(
+            password,
+            &salt,
+            crate::auth::secret::DEFAULT_ITERATIONS,
+        );
+        self.plain_verifiers
+            .insert(user.to_string(), (password.to_string(), v.clone()));
+        v
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Create pools for new databases, replace pools whose settings changed, drop removed ones.
+    pub fn sync_pools(&self) {
+        let cfg = self.config();
+        for db in &cfg.databases {
+            let replace = match self.pools.get(&db.name) {
+                Some(p) => {
+                    format!("{:?}{:?}", p.db.upstream, p.db.pool)
+                        != format!("{:?}{:?}", db.upstream, db.pool)
+                }
+                None => true,
+            };
+            if replace {
+                let pool = Pool::new(db.clone());
+                crate::pool::maintain::spawn(pool.clone());
+                if let Some(old) = self.pools.insert(db.name.clone(), pool) {
+                    old.close();
+                }
+            }
+        }
+        self.pools.retain(|name, p| {
+            let keep = cfg.database(name).is_some();
+            if !keep {
+                p.close();
+            }
+            keep
+        });
+    }
+
+    /// Apply a new configuration (SIGHUP / RELOAD). Settings that need a restart (listen
+    /// addresses, workers) keep their old values until then.
+    pub fn reload(&self, new: Config) -> Result<(), String> {
+        let tls = match &new.tls {
+            Some(t) => Some(crate::net::tls::server_config(t)?),
+            None => None,
+        };
+        self.tls.store(Arc::new(tls));
+        self.tenants.store(Arc::new(TenantContexts::build(&new)));
+        self.config.store(Arc::new(new));
+        self.sync_pools();
+        Ok(())
+    }
+
+    pub fn pool(&self, database: &str) -> Option<Arc<Pool>> {
+        self.pools.get(database).map(|p| p.clone())
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown.notify_waiters();
+    }
+}

@@ -1,0 +1,142 @@
+//! Running the proxy: bind the listeners, accept clients, serve HTTP, handle signals
+//! (SIGHUP reload, SIGTERM/SIGINT graceful drain), and stop.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::proxy::Shared;
+
+/// A proxy bound to its ports and serving in the background (used by tests and the demo).
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub addr: std::net::SocketAddr,
+    pub http_addr: Option<std::net::SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn shutdown(&self) {
+        self.shared.begin_shutdown();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.begin_shutdown();
+        for t in &self.tasks {
+            t.abort();
+        }
+        for p in self.shared.pools.iter() {
+            p.close();
+        }
+    }
+}
+
+/// Bind and start serving. Ports 0 in the config pick free ports (see `addr`).
+pub async fn start(config: Config) -> Result<Running, String> {
+    crate::metrics::install(&config.metrics);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let http = match config.http_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on {a} (http_listen): {e}"))?,
+        ),
+        None => None,
+    };
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let shared = Shared::new(config)?;
+    let mut tasks = Vec::new();
+    let s = shared.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = s.shutdown.notified() => return,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    if s.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                        return;
+                    }
+                    tokio::spawn(crate::client::handle(tcp, peer, s.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }));
+    if let Some(l) = http {
+        tasks.push(tokio::spawn(crate::http::serve(l, shared.clone())));
+    }
+    let s = shared.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            crate::metrics::upkeep();
+            let _ = &s;
+        }
+    }));
+    tracing::info!(%addr, http = ?http_addr, "pgward listening");
+    Ok(Running {
+        shared,
+        addr,
+        http_addr,
+        tasks,
+    })
+}
+
+/// Run in the foreground until SIGTERM/SIGINT or the admin SHUTDOWN; SIGHUP reloads.
+pub async fn run_foreground(path: PathBuf, config: Config) -> Result<(), String> {
+    let running = start(config).await?;
+    let shared = running.shared.clone();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| e.to_string())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match Config::load(&path) {
+                Ok(c) => match shared.reload(c) {
+                    Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload failed; keeping the old configuration"),
+                },
+                Err(e) => tracing::error!(error = %e, "reload failed; keeping the old configuration"),
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = shared.shutdown.notified() => break,
+        }
+    }
+    tracing::info!("shutting down: new connections refused, waiting for transactions to finish");
+    shared.begin_shutdown();
+    drain(&shared, Duration::from_secs(30)).await;
+    drop(running);
+    Ok(())
+}
+
+/// Wait until no client holds a server connection (or the deadline passes).
+pub async fn drain(shared: &Shared, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        let busy: usize = shared
+            .pools
+            .iter()
+            .map(|p| p.stats.active.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        if busy == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,154 @@
+//! Opening a server connection: TCP (+ TLS per `sslmode`), StartupMessage, authentication
+//! (SCRAM-SHA-256, md5, cleartext, trust) with the upstream's credentials, and the
+//! ParameterStatus/BackendKeyData that follow, up to the first ReadyForQuery.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::net::TcpStream;
+
+use super::params::ServerParams;
+use super::prepared::ServerStatements;
+use super::{Dirty, ServerConn};
+use crate::config::Upstream;
+use crate::net::{read_message, write_all};
+use crate::protocol::backend::{parse_error_fields, parse_parameter_status, PgError};
+use crate::protocol::frontend::{put_password, put_sasl_initial};
+use crate::protocol::startup::encode_startup;
+
+/// Why a server connection could not be opened. Decides what the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection to server timed out")]
+    Timeout,
+    #[error("server rejected the connection: {0}")]
+    Rejected(PgError),
+    #[error("server requested an unsupported authentication method (code {0})")]
+    UnsupportedAuth(i32),
+    #[error("server requested a password but the upstream URL has none")]
+    NoPassword,
+    #[error("protocol error from server: {0}")]
+    Protocol(&'static str),
+    #[error("TLS to server: {0}")]
+    Tls(String),
+}
+
+const MAX_STARTUP_MESSAGE: usize = 1 << 20;
+
+pub async fn connect(up: &Upstream, id: u64) -> Result<ServerConn, ServerError> {
+    let tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream = crate::net::tls::connect_upstream(tcp, up).await?;
+    let startup = encode_startup(&[("user", &up.user), ("database", &up.dbname)]);
+    write_all(&mut stream, &startup).await?;
+
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut params = ServerParams::default();
+    let (mut pid, mut secret) = (0, 0);
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let (tag, body) = read_message(&mut stream, &mut buf, MAX_STARTUP_MESSAGE).await?;
+        match tag {
+            b'R' => {
+                if body.len() < 4 {
+                    return Err(ServerError::Protocol("short Authentication message"));
+                }
+                let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                let data = &body[4..];
+                let mut out = BytesMut::new();
+                match code {
+                    0 => continue,
+                    3 => {
+                        let pw = up.password.as_deref().ok_or(ServerError::NoPassword)?;
+                        let mut d = pw.as_bytes().to_vec();
+                        d.push(0);
+                        put_password(&mut out, &d);
+                    }
+                    5 => {
+                        let pw = up.password.as_deref().ok_or(ServerError::NoPassword)?;
+                        let salt: [u8; 4] = data
+                            .get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .ok_or(ServerError::Protocol("short md5 salt"))?;
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            up.user.as_bytes(),
+                            pw.as_bytes(),
+                            salt,
+                        );
+                        let mut d = hash.into_bytes();
+                        d.push(0);
+                        put_password(&mut out, &d);
+                    }
+                    10 => {
+                        let pw = up.password.as_deref().ok_or(ServerError::NoPassword)?;
+                        let offered = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                        if !offered {
+                            return Err(ServerError::UnsupportedAuth(code));
+                        }
+                        let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                        put_sasl_initial(&mut out, "SCRAM-SHA-256", s.message());
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram
+                            .as_mut()
+                            .ok_or(ServerError::Protocol("unexpected SASLContinue"))?;
+                        s.update(data)
+                            .map_err(|_| ServerError::Protocol("bad SCRAM server-first message"))?;
+                        put_password(&mut out, s.message());
+                    }
+                    12 => {
+                        let s = scram
+                            .as_mut()
+                            .ok_or(ServerError::Protocol("unexpected SASLFinal"))?;
+                        s.finish(data).map_err(|_| {
+                            ServerError::Protocol("server SCRAM signature did not verify")
+                        })?;
+                        continue;
+                    }
+                    other => return Err(ServerError::UnsupportedAuth(other)),
+                }
+                write_all(&mut stream, &out).await?;
+            }
+            b'S' => {
+                if let Some((k, v)) = parse_parameter_status(&body) {
+                    params.observe(k, v);
+                }
+            }
+            b'K' => {
+                if body.len() >= 8 {
+                    pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                }
+            }
+            b'E' => {
+                let f = parse_error_fields(&body);
+                return Err(ServerError::Rejected(PgError::error(
+                    String::from_utf8_lossy(f.code).into_owned(),
+                    String::from_utf8_lossy(f.message).into_owned(),
+                )));
+            }
+            b'Z' => break,
+            b'N' | b'v' => {}
+            _ => return Err(ServerError::Protocol("unexpected message during startup")),
+        }
+    }
+    params.mark_baseline();
+    let now = Instant::now();
+    Ok(ServerConn {
+        id,
+        stream,
+        rbuf: buf,
+        pid,
+        secret,
+        params,
+        statements: ServerStatements::default(),
+        ctx_prepared: 0,
+        dirty: Dirty::default(),
+        created: now,
+        last_used: now,
+    })
+}

@@ -1,0 +1,227 @@
+//! Session parameters: what a client expects its session to look like and what a server
+//! connection currently has, and the statements that make the second match the first.
+//!
+//! Invariants:
+//! - Names are compared case-insensitively (GUC names are); the first spelling seen is kept
+//!   for ParameterStatus.
+//! - `ServerParams::current` is updated from every ParameterStatus the server sends and from
+//!   every SET the proxy issues, so the diff is computed without asking the server.
+
+use std::fmt::Write;
+
+/// Reported parameters a client may choose, which follow it across server connections.
+pub const SYNCED_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "standard_conforming_strings",
+];
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+#[derive(Clone, Debug, Default)]
+pub struct ParamSet {
+    /// (lower-case name, display name, value)
+    items: Vec<(Box<str>, Box<str>, Box<str>)>,
+}
+
+impl ParamSet {
+    pub fn get(&self, lname: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .find(|(l, _, _)| &**l == lname)
+            .map(|(_, _, v)| &**v)
+    }
+
+    /// Set a value; returns true if it changed.
+    pub fn set(&mut self, name: &str, value: &str) -> bool {
+        let lname = name.to_ascii_lowercase();
+        match self.items.iter_mut().find(|(l, _, _)| **l == *lname) {
+            Some((_, _, v)) if &**v == value => false,
+            Some((_, _, v)) => {
+                *v = value.into();
+                true
+            }
+            None => {
+                self.items.push((lname.into(), name.into(), value.into()));
+                true
+            }
+        }
+    }
+
+    pub fn remove(&mut self, lname: &str) {
+        self.items.retain(|(l, _, _)| &**l != lname);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.items.iter().map(|(l, d, v)| (&**l, &**d, &**v))
+    }
+}
+
+/// What a client wants: the server's reported values as told at login, overridden by its
+/// startup parameters and by later ParameterStatus messages it received.
+#[derive(Clone, Debug, Default)]
+pub struct ClientParams {
+    pub values: ParamSet,
+    /// Lower-case names to carry across server connections.
+    pub synced: Vec<Box<str>>,
+}
+
+impl ClientParams {
+    /// Build from the pool's baseline ParameterStatus set and the client's startup parameters.
+    pub fn new(baseline: &ParamSet, startup: &[(String, String)]) -> ClientParams {
+        let mut values = baseline.clone();
+        let mut synced: Vec<Box<str>> = SYNCED_REPORTED.iter().map(|s| (*s).into()).collect();
+        for (k, v) in startup {
+            let lk = k.to_ascii_lowercase();
+            if NOT_SETTINGS.contains(&lk.as_str()) || lk.starts_with("_pq_.") {
+                continue;
+            }
+            values.set(k, v);
+            if !synced.iter().any(|s| **s == *lk) {
+                synced.push(lk.into());
+            }
+        }
+        ClientParams { values, synced }
+    }
+
+    pub fn is_synced(&self, lname: &str) -> bool {
+        self.synced.iter().any(|s| &**s == lname)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ServerParams {
+    pub current: ParamSet,
+    /// Values right after connecting (the role's and database's defaults).
+    pub baseline: ParamSet,
+}
+
+impl ServerParams {
+    /// Record a ParameterStatus from the server.
+    pub fn observe(&mut self, name: &[u8], value: &[u8]) {
+        let name = String::from_utf8_lossy(name);
+        let value = String::from_utf8_lossy(value);
+        self.current.set(&name, &value);
+    }
+
+    pub fn mark_baseline(&mut self) {
+        self.baseline = self.current.clone();
+    }
+
+    /// Append to `sql` the statements that make this connection match `client`, and record
+    /// them as applied. Returns false (and appends nothing) when it already matches.
+    pub fn sync_to(&mut self, client: &ClientParams, sql: &mut String) -> bool {
+        let start = sql.len();
+        for lname in &client.synced {
+            let want = client.values.get(lname);
+            let have = self.current.get(lname);
+            if want == have {
+                continue;
+            }
+            match want {
+                Some(v) => {
+                    let _ = write!(sql, "SET {} TO {};", quote_ident(lname), quote_literal(v));
+                    let display = client
+                        .values
+                        .iter()
+                        .find(|(l, _, _)| l == &&**lname)
+                        .map(|(_, d, _)| d.to_string())
+                        .unwrap_or_else(|| lname.to_string());
+                    self.current.set(&display, v);
+                }
+                None => {
+                    let _ = write!(sql, "RESET {};", quote_ident(lname));
+                    match self.baseline.get(lname) {
+                        Some(b) => {
+                            let b = b.to_string();
+                            self.current.set(lname, &b);
+                        }
+                        None => self.current.remove(lname),
+                    }
+                }
+            }
+        }
+        sql.len() > start
+    }
+
+    /// After `RESET ALL` (or DISCARD ALL): the session is back to the baseline.
+    pub fn reset_to_baseline(&mut self) {
+        self.current = self.baseline.clone();
+    }
+}
+
+/// Quote an identifier for SQL text.
+pub fn quote_ident(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Quote a string literal for SQL text (standard_conforming_strings-proof: E'' form).
+pub fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            _ => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_only_what_differs() {
+        let mut server = ServerParams::default();
+        server.observe(b"application_name", b"");
+        server.observe(b"DateStyle", b"ISO, MDY");
+        server.observe(b"server_version", b"15.0");
+        server.mark_baseline();
+        let client = ClientParams::new(
+            &server.baseline,
+            &[
+                ("user".into(), "u".into()),
+                ("application_name".into(), "psql".into()),
+                ("extra_float_digits".into(), "3".into()),
+            ],
+        );
+        let mut sql = String::new();
+        assert!(server.sync_to(&client, &mut sql));
+        assert_eq!(
+            sql,
+            "SET \"application_name\" TO E'psql';SET \"extra_float_digits\" TO E'3';"
+        );
+        sql.clear();
+        assert!(!server.sync_to(&client, &mut sql));
+        // another client without extra_float_digits gets it reset
+        let other = ClientParams::new(&server.baseline, &[]);
+        assert!(server.sync_to(&other, &mut sql));
+        assert_eq!(
+            sql,
+            "SET \"application_name\" TO E'';RESET \"extra_float_digits\";"
+        );
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's \\"), "E'it''s \\\\'");
+    }
+}

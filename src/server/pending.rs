@@ -1,0 +1,195 @@
+//! What a server connection still owes: one unit per request sent (client's or the proxy's),
+//! in order, and what to do with each unit's responses.
+//!
+//! Invariants:
+//! - Units complete in the order they were sent; the server answers strictly in order.
+//! - After an ErrorResponse to an extended-protocol message, the server ignores everything up
+//!   to the next Sync, so every unit before the next Sync unit is dropped unanswered.
+//! - A `Synthesize` unit produces its bytes exactly when it reaches the front, so proxy-made
+//!   responses keep their place in the client's response stream.
+//! - The connection may be released only when the queue is empty (and the client is not in the
+//!   middle of an extended-protocol block, and the server said ReadyForQuery 'I').
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+/// Which request a unit answers; decides which response message completes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Sync, Query or FunctionCall: completed by ReadyForQuery.
+    Sync,
+    Query,
+    FunctionCall,
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+}
+
+impl Kind {
+    /// Does a response with this tag complete a unit of this kind?
+    #[inline]
+    pub fn completed_by(self, tag: u8) -> bool {
+        match self {
+            Kind::Sync | Kind::Query | Kind::FunctionCall => tag == b'Z',
+            Kind::Parse => matches!(tag, b'1' | b'E'),
+            Kind::Bind => matches!(tag, b'2' | b'E'),
+            Kind::Close => matches!(tag, b'3' | b'E'),
+            Kind::Describe => matches!(tag, b'T' | b'n' | b'E'),
+            Kind::Execute => matches!(tag, b'C' | b'I' | b's' | b'E'),
+        }
+    }
+    #[inline]
+    pub fn ends_block(self) -> bool {
+        matches!(self, Kind::Sync | Kind::Query | Kind::FunctionCall)
+    }
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// The client's request: its responses go to the client.
+    Forward,
+    /// The proxy's own request: its responses are dropped, except errors.
+    Swallow,
+    /// No request was sent; these bytes stand in for its response.
+    Synthesize(Bytes),
+}
+
+#[derive(Debug)]
+pub struct Unit {
+    pub kind: Kind,
+    pub action: Action,
+    /// Prepared statement created by this request (undone if it fails).
+    pub stmt: Option<u64>,
+    /// The client's name for that statement, if the client asked for it.
+    pub name: Option<Box<[u8]>>,
+    /// When the request was forwarded (statement latency metrics).
+    pub sent: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct Pending {
+    q: VecDeque<Unit>,
+}
+
+impl Pending {
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+    #[inline]
+    pub fn push(&mut self, kind: Kind, action: Action) {
+        self.q.push_back(Unit {
+            kind,
+            action,
+            stmt: None,
+            name: None,
+            sent: None,
+        });
+    }
+    #[inline]
+    pub fn push_unit(&mut self, unit: Unit) {
+        self.q.push_back(unit);
+    }
+    #[inline]
+    pub fn front(&self) -> Option<&Unit> {
+        self.q.front()
+    }
+    #[inline]
+    pub fn front_mut(&mut self) -> Option<&mut Unit> {
+        self.q.front_mut()
+    }
+    #[inline]
+    pub fn pop(&mut self) -> Option<Unit> {
+        self.q.pop_front()
+    }
+    /// Any request whose answer is still a ReadyForQuery?
+    pub fn has_block_end(&self) -> bool {
+        self.q.iter().any(|u| u.kind.ends_block())
+    }
+    /// Pop the synthesized units now at the front, handing their bytes to `emit`.
+    #[inline]
+    pub fn drain_synthesized(&mut self, mut emit: impl FnMut(&[u8])) {
+        while let Some(Unit {
+            action: Action::Synthesize(_),
+            ..
+        }) = self.q.front()
+        {
+            if let Some(Unit {
+                action: Action::Synthesize(b),
+                ..
+            }) = self.q.pop_front()
+            {
+                emit(&b);
+            }
+        }
+    }
+    /// After an ErrorResponse to an extended-protocol request: drop the units the server will
+    /// skip (everything before the next block end), returning the statements they created.
+    /// Returns the kind of that block end, if any.
+    pub fn skip_to_block_end(&mut self, mut undo: impl FnMut(&Unit)) -> Option<Kind> {
+        while let Some(u) = self.q.front() {
+            if u.kind.ends_block() && !matches!(u.action, Action::Synthesize(_)) {
+                return Some(u.kind);
+            }
+            if let Some(u) = self.q.pop_front() {
+                undo(&u);
+            }
+        }
+        None
+    }
+    pub fn clear(&mut self) {
+        self.q.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_rules() {
+        assert!(Kind::Execute.completed_by(b'C'));
+        assert!(Kind::Execute.completed_by(b's'));
+        assert!(!Kind::Execute.completed_by(b'D'));
+        assert!(!Kind::Query.completed_by(b'E'));
+        assert!(Kind::Describe.completed_by(b'n'));
+        assert!(!Kind::Describe.completed_by(b't'));
+    }
+
+    #[test]
+    fn skip_and_synthesize() {
+        let mut p = Pending::default();
+        p.push(Kind::Parse, Action::Forward);
+        p.push(Kind::Bind, Action::Synthesize(Bytes::from_static(b"2")));
+        p.push_unit(Unit {
+            kind: Kind::Parse,
+            action: Action::Forward,
+            stmt: Some(9),
+            name: None,
+            sent: None,
+        });
+        p.push(Kind::Sync, Action::Forward);
+        p.pop();
+        let mut undone = vec![];
+        assert_eq!(
+            p.skip_to_block_end(|u| undone.extend(u.stmt)),
+            Some(Kind::Sync)
+        );
+        assert_eq!(undone, vec![9]);
+        assert_eq!(p.len(), 1);
+        let mut p = Pending::default();
+        p.push(Kind::Close, Action::Synthesize(Bytes::from_static(b"3")));
+        let mut out = vec![];
+        p.drain_synthesized(|b| out.extend_from_slice(b));
+        assert_eq!(out, b"3");
+        assert!(p.is_empty());
+    }
+}

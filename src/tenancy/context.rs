@@ -1,0 +1,225 @@
+//! A tenant's context as bytes ready to send: computed once per tenant per configuration.
+//!
+//! Per transaction (T1) the proxy sends, pipelined before the client's first message of the
+//! transaction and without a Sync:
+//!   [Parse pgward_ctx_N]  Bind(pgward_ctx_N, name1, value1, …)  Execute
+//! where `pgward_ctx_N` is `SELECT pg_catalog.set_config($1, $2, true), …` for N pairs. The
+//! values travel as Bind parameters, so no quoting can break out. `set_config(…, true)` is
+//! SET LOCAL: it ends with the transaction the client's statements run in (a simple Query
+//! continues the implicit transaction the Execute started; an extended block ends at Sync).
+//! The responses (ParseComplete, BindComplete, DataRow, CommandComplete) are swallowed.
+//!
+//! For statements that cannot run in a transaction block (T4) the same values are set at
+//! session level by a separate Query first, and reset when the transaction ends.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::{Config, Tenant};
+use crate::protocol::frontend::{put_bind_text, put_execute_unnamed, put_parse, put_query};
+use crate::server::params::{quote_ident, quote_literal};
+
+pub struct TenantCtx {
+    pub tenant: Arc<Tenant>,
+    /// Number of (name, value) pairs; 0 means nothing to inject.
+    pub pairs: usize,
+    /// Bit for `ServerConn::ctx_prepared`.
+    pub stmt_bit: u64,
+    /// Parse frame of `pgward_ctx_N`.
+    pub parse: Bytes,
+    /// Bind + Execute frames.
+    pub bind_execute: Bytes,
+    /// Query frame applying the context at session level (T4).
+    pub session_query: Bytes,
+    /// SQL undoing `session_query`.
+    pub reset_sql: String,
+    /// Setting names (lower case) this tenant's clients may not change (T3).
+    protected: Arc<BTreeSet<String>>,
+}
+
+impl TenantCtx {
+    pub fn is_protected(&self, name: &str) -> bool {
+        matches!(name, "search_path" | "role" | "session_authorization")
+            || self.protected.contains(name)
+    }
+}
+
+/// The contexts of every configured tenant.
+#[derive(Default)]
+pub struct TenantContexts {
+    by_id: HashMap<String, Arc<TenantCtx>>,
+}
+
+impl TenantContexts {
+    pub fn build(cfg: &Config) -> TenantContexts {
+        // Any tenant's setting is protected for every tenant: a client must not be able to
+        // set another tenant's key either.
+        let protected: Arc<BTreeSet<String>> = Arc::new(
+            cfg.tenants
+                .values()
+                .flat_map(|t| t.settings.keys().cloned())
+                .collect(),
+        );
+        let by_id = cfg
+            .tenants
+            .values()
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    Arc::new(build_one(t.clone(), protected.clone())),
+                )
+            })
+            .collect();
+        TenantContexts { by_id }
+    }
+    pub fn get(&self, id: &str) -> Option<&Arc<TenantCtx>> {
+        self.by_id.get(id)
+    }
+    pub fn insert(&mut self, ctx: TenantCtx) {
+        self.by_id.insert(ctx.tenant.id.clone(), Arc::new(ctx));
+    }
+}
+
+/// The search_path value for a list of schemas: simple lower-case names as they are, others
+/// quoted as identifiers.
+pub fn search_path_value(schemas: &[String]) -> String {
+    schemas
+        .iter()
+        .map(|s| {
+            let simple = !s.is_empty()
+                && s.bytes().enumerate().all(|(i, b)| {
+                    b.is_ascii_lowercase()
+                        || b == b'_'
+                        || (i > 0 && (b.is_ascii_digit() || b == b'$'))
+                });
+            if simple {
+                s.clone()
+            } else {
+                quote_ident(s)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn build_one(t: Arc<Tenant>, protected: Arc<BTreeSet<String>>) -> TenantCtx {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if !t.search_path.is_empty() {
+        pairs.push(("search_path".into(), search_path_value(&t.search_path)));
+    }
+    for (k, v) in &t.settings {
+        pairs.push((k.clone(), v.clone()));
+    }
+    if let Some(r) = &t.role {
+        pairs.push(("role".into(), r.clone()));
+    }
+    let n = pairs.len();
+    let stmt_name = format!("pgward_ctx_{n}");
+    let mut sql = String::from("SELECT ");
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "pg_catalog.set_config(${}, ${}, true)",
+            2 * i + 1,
+            2 * i + 2
+        );
+    }
+    let mut def = sql.into_bytes();
+    def.push(0);
+    def.extend_from_slice(&0i16.to_be_bytes());
+    let mut parse = BytesMut::new();
+    put_parse(&mut parse, stmt_name.as_bytes(), &def);
+
+    let params: Vec<&[u8]> = pairs
+        .iter()
+        .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()])
+        .collect();
+    let mut bind_execute = BytesMut::new();
+    put_bind_text(&mut bind_execute, stmt_name.as_bytes(), &params);
+    put_execute_unnamed(&mut bind_execute);
+
+    let mut session_sql = String::from("SELECT ");
+    let mut reset_sql = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            session_sql.push_str(", ");
+        }
+        let _ = write!(
+            session_sql,
+            "pg_catalog.set_config({}, {}, false)",
+            quote_literal(k),
+            quote_literal(v)
+        );
+        let _ = write!(reset_sql, "RESET {};", quote_ident(k));
+    }
+    let mut session_query = BytesMut::new();
+    put_query(&mut session_query, session_sql.as_bytes());
+
+    TenantCtx {
+        tenant: t,
+        pairs: n,
+        stmt_bit: 1u64 << n.min(63),
+        parse: parse.freeze(),
+        bind_execute: bind_execute.freeze(),
+        session_query: session_query.freeze(),
+        reset_sql,
+        protected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn search_path_quoting() {
+        assert_eq!(
+            search_path_value(&[
+                "acme".into(),
+                "public".into(),
+                "Big Co".into(),
+                "$user".into()
+            ]),
+            "acme, public, \"Big Co\", \"$user\""
+        );
+    }
+
+    #[test]
+    fn context_frames() {
+        let mut settings = BTreeMap::new();
+        settings.insert("app.tenant_id".to_string(), "it's".to_string());
+        let t = Arc::new(Tenant {
+            id: "acme".into(),
+            database: "app".into(),
+            search_path: vec!["acme".into()],
+            settings,
+            role: Some("r".into()),
+            users: None,
+        });
+        let c = build_one(t, Arc::new(BTreeSet::from(["app.tenant_id".to_string()])));
+        assert_eq!(c.pairs, 3);
+        assert_eq!(c.parse[0], b'P');
+        assert!(std::str::from_utf8(&c.parse)
+            .unwrap()
+            .contains("set_config($5, $6, true)"));
+        assert_eq!(c.bind_execute[0], b'B');
+        assert!(c.bind_execute.ends_with(b"E\0\0\0\x09\0\0\0\0\0"));
+        assert!(std::str::from_utf8(&c.session_query)
+            .unwrap()
+            .contains("E'it''s'"));
+        assert_eq!(
+            c.reset_sql,
+            "RESET \"search_path\";RESET \"app.tenant_id\";RESET \"role\";"
+        );
+        assert!(c.is_protected("app.tenant_id"));
+        assert!(c.is_protected("search_path"));
+        assert!(!c.is_protected("statement_timeout"));
+    }
+}
