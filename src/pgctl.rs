@@ -1,43 +1,50 @@
-#![allow(unsafe_code)]
-//! Throwaway PostgreSQL servers built from the installed binaries.
+//! Throwaway PostgreSQL servers built from the installed binaries, for the
+//! tests and `pgward demo`.
 //!
 //! [`TempPostgres::start`] runs `initdb` into a fresh temporary directory,
-//! starts the server with `pg_ctl` on `127.0.0.1` (and a unix socket in the
-//! same temporary directory), and returns once it accepts connections.
-//! Dropping the value stops the server, waits for the postmaster to exit and
-//! removes the directory.
-//!
-//! Used by the integration tests and by `pgward demo`. Everything here is
+//! starts the server with `pg_ctl -w` on `127.0.0.1` (plus a unix socket in
+//! that directory) and returns once it accepts TCP connections. Everything is
 //! synchronous (`std::process`); call it from `spawn_blocking` in async code.
 //!
-//! When running as root, `initdb`, `pg_ctl` and `psql` are run as the
-//! `postgres` OS user (PostgreSQL refuses to run as root), and the temporary
-//! directory is owned by that user.
+//! Invariants:
+//! - Each server owns one temporary directory holding `data/`, the unix
+//!   socket and `postgres.log`. Dropping the [`TempPostgres`] stops the server
+//!   with `pg_ctl stop -m immediate`, waits until the postmaster has exited and
+//!   only then removes the directory.
+//! - Our settings live in `data/pgward.conf`, included once from
+//!   `postgresql.conf`; [`PgOptions::extra_conf`] comes last, so it wins.
+//! - Automatically picked ports are distinct among this process's live
+//!   servers. If the server still cannot bind ("could not bind" in the log),
+//!   another port is picked, up to `PORT_ATTEMPTS` times.
+//! - As root, `initdb`, `pg_ctl` and `psql` run as the `postgres` OS user via
+//!   `runuser` (PostgreSQL refuses to run as root), and the temporary
+//!   directory and the files we write belong to that user.
+//! - No `unsafe`: user ids come from `id`, signals are sent with `kill`, and
+//!   only this server's postmaster or a timed-out command of ours is killed.
 
-use std::collections::HashSet;
-use std::ffi::CString;
-use std::fmt::Write as _;
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Environment variable that, when set, names the directory holding
 /// `initdb`, `pg_ctl`, `postgres` and `psql`; it is checked before `PATH`.
 pub const BIN_DIR_ENV: &str = "PGWARD_PG_BINDIR";
 
 const HOST: &str = "127.0.0.1";
+/// OS user the server runs as when we are root.
+const PG_USER: &str = "postgres";
+/// `pg_ctl -w -t`; our own limit for the command is 30 s longer.
+const PG_CTL_WAIT_SECS: u64 = 60;
 const INITDB_TIMEOUT: Duration = Duration::from_secs(180);
-/// Outer limit for `pg_ctl`; `pg_ctl -w` itself gives up after `-t` seconds.
-const PG_CTL_WAIT_SECS: u32 = 60;
-const PG_CTL_TIMEOUT: Duration = Duration::from_secs(PG_CTL_WAIT_SECS as u64 + 30);
 const PSQL_TIMEOUT: Duration = Duration::from_secs(600);
 const PORT_ATTEMPTS: usize = 5;
 /// `sun_path` is 108 bytes on Linux, including the terminating NUL.
@@ -112,17 +119,15 @@ impl Default for PgOptions {
 pub struct TempPostgres {
     opts: PgOptions,
     bin_dir: PathBuf,
-    /// Temporary directory: holds `data/`, the unix socket and the log.
+    /// The temporary directory: `data/`, the unix socket and the log.
     base_dir: PathBuf,
     data_dir: PathBuf,
     log_file: PathBuf,
     port: u16,
-    /// The port was picked by us and is in `PORTS_IN_USE`.
+    /// The port was picked by us and is reserved in `PORTS_IN_USE`.
     auto_port: bool,
-    /// `Some` when commands must run as another OS user (we are root).
-    run_as: Option<RunAs>,
-    /// Postmaster pid of the last successful start.
-    postmaster_pid: Mutex<Option<i32>>,
+    /// uid and gid of the `postgres` OS user when we are root.
+    owner: Option<(u32, u32)>,
 }
 
 impl TempPostgres {
@@ -131,14 +136,14 @@ impl TempPostgres {
     pub fn start(opts: PgOptions) -> Result<TempPostgres, PgCtlError> {
         validate(&opts)?;
         let bin_dir = find_bin_dir()?;
-        let run_as = if unsafe { libc::geteuid() } == 0 {
-            Some(RunAs::lookup("postgres")?)
+        let owner = if is_root()? {
+            Some(pg_user_ids()?)
         } else {
             None
         };
-        let base_dir = create_temp_dir(run_as.as_ref())?;
+        let base_dir = create_temp_dir(owner)?;
         let (port, auto_port) = match opts.port {
-            Some(p) => (p, false),
+            Some(port) => (port, false),
             None => (pick_free_port()?, true),
         };
         let mut pg = TempPostgres {
@@ -149,38 +154,30 @@ impl TempPostgres {
             opts,
             port,
             auto_port,
-            run_as,
-            postmaster_pid: Mutex::new(None),
+            owner,
         };
         // From here on, an early return drops `pg`, which cleans up.
-        let socket_path = pg.base_dir.join(format!(".s.PGSQL.{}", u16::MAX));
-        if socket_path.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(PgCtlError::InvalidOption(format!(
-                "temporary directory path {} is too long for a unix socket; set TMPDIR",
-                pg.base_dir.display()
-            )));
-        }
         pg.initdb()?;
         pg.write_conf()?;
-
-        let mut attempt = 1;
-        loop {
-            let log_len = fs::metadata(&pg.log_file).map(|m| m.len()).unwrap_or(0);
+        for attempt in 1.. {
+            let log_len = fs::metadata(&pg.log_file).map_or(0, |m| m.len());
             match pg.pg_ctl_start() {
                 Ok(()) => break,
-                Err(e) if auto_port && attempt < PORT_ATTEMPTS && pg.port_in_use_since(log_len) => {
+                Err(e) if auto_port && attempt < PORT_ATTEMPTS && pg.port_taken_since(log_len) => {
                     tracing::debug!(port = pg.port, error = %e, "port taken, retrying");
-                    release_port(pg.port);
-                    pg.port = pick_free_port()?;
+                    let taken = std::mem::replace(&mut pg.port, pick_free_port()?);
+                    release_port(taken);
                     pg.write_conf()?;
-                    attempt += 1;
                 }
                 Err(e) => return Err(e),
             }
         }
-        if pg.opts.host_auth == "md5"
-            && !pg.opts.superuser_password.is_empty()
-            && !pg.extra_conf_sets("password_encryption")
+        let sets_encryption = pg
+            .opts
+            .extra_conf
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("password_encryption"));
+        if pg.opts.host_auth == "md5" && !pg.opts.superuser_password.is_empty() && !sets_encryption
         {
             // initdb stored the superuser password as SCRAM; store it as MD5.
             let sql = format!(
@@ -190,11 +187,7 @@ impl TempPostgres {
             );
             pg.psql("postgres", &sql)?;
         }
-        tracing::info!(
-            port = pg.port,
-            dir = %pg.base_dir.display(),
-            "temporary PostgreSQL server started"
-        );
+        tracing::info!(port = pg.port, dir = %pg.base_dir.display(), "temporary PostgreSQL server started");
         Ok(pg)
     }
 
@@ -235,30 +228,18 @@ impl TempPostgres {
         let mut cmd = self.command("psql");
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.base_dir)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-U")
-            .arg(&self.opts.superuser)
-            .arg("-d")
-            .arg(db)
-            .args(["-f", "-"]);
-        let out = run("psql", cmd, Some(sql.as_bytes().to_vec()), PSQL_TIMEOUT)?;
-        Ok(out.check("psql")?.stdout)
+            .args(["-p", &self.port.to_string(), "-U", &self.opts.superuser])
+            .args(["-d", db, "-f", "-"]);
+        run("psql", cmd, Some(sql), PSQL_TIMEOUT)
     }
 
-    /// Stop the server (`pg_ctl stop -m fast -w`).
+    /// Stop the server (`pg_ctl stop -m fast -w`) and wait for it to exit.
     pub fn stop(&self) -> Result<(), PgCtlError> {
-        let pid = self.current_pid();
-        let mut cmd = self.pg_ctl("stop");
-        cmd.args(["-m", "fast"]);
-        run("pg_ctl stop", cmd, None, PG_CTL_TIMEOUT)?.check("pg_ctl stop")?;
+        let pid = self.pid();
+        self.pg_ctl("pg_ctl stop", Some("fast"))?;
         if let Some(pid) = pid {
             self.wait_gone(pid, Duration::from_secs(30));
         }
-        *self
-            .postmaster_pid
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 
@@ -269,20 +250,13 @@ impl TempPostgres {
 
     /// Restart the server (`pg_ctl restart -m fast -w`).
     pub fn restart(&self) -> Result<(), PgCtlError> {
-        let old_pid = self.current_pid();
-        let mut cmd = self.pg_ctl("restart");
-        cmd.args(["-m", "fast", "-l"]).arg(&self.log_file);
-        run("pg_ctl restart", cmd, None, PG_CTL_TIMEOUT)
-            .and_then(|o| o.check("pg_ctl restart"))
-            .map_err(|e| self.with_log_tail(e))?;
-        // pg_ctl waited for the old postmaster's pid file to go; make sure
-        // the process itself is gone too.
-        if let Some(pid) = old_pid {
-            if self.read_pid_file() != Some(pid) {
-                self.wait_gone(pid, Duration::from_secs(30));
-            }
+        let old = self.pid();
+        self.pg_ctl("pg_ctl restart", Some("fast"))?;
+        // pg_ctl waited for the old pid file to go; wait for the process too.
+        if let Some(pid) = old.filter(|&pid| self.pid() != Some(pid)) {
+            self.wait_gone(pid, Duration::from_secs(30));
         }
-        self.after_start()
+        self.wait_for_tcp()
     }
 
     /// Everything the server has logged so far (empty if unreadable).
@@ -292,42 +266,11 @@ impl TempPostgres {
             .unwrap_or_default()
     }
 
-    // ---- internals -------------------------------------------------------
-
-    fn extra_conf_sets(&self, key: &str) -> bool {
-        self.opts
-            .extra_conf
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case(key))
-    }
-
-    /// A command for one of the PostgreSQL binaries, run as the right user,
-    /// with a clean environment.
+    /// A command for one of the PostgreSQL binaries, run in the temporary
+    /// directory as the right OS user.
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(program));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("LC_ALL", "C").env("LANG", "C");
+        let mut cmd = command(self.bin_dir.join(program), self.owner.is_some());
         cmd.current_dir(&self.base_dir);
-        if let Some(run_as) = &self.run_as {
-            cmd.env("HOME", &self.base_dir)
-                .env("USER", &run_as.name)
-                .env("LOGNAME", &run_as.name);
-            run_as.apply(&mut cmd);
-        }
-        cmd
-    }
-
-    fn pg_ctl(&self, action: &str) -> Command {
-        let mut cmd = self.command("pg_ctl");
-        cmd.arg(action)
-            .arg("-D")
-            .arg(&self.data_dir)
-            .args(["-w", "-t"])
-            .arg(PG_CTL_WAIT_SECS.to_string());
         cmd
     }
 
@@ -335,106 +278,123 @@ impl TempPostgres {
         let mut cmd = self.command("initdb");
         cmd.arg("-D")
             .arg(&self.data_dir)
-            .arg("-U")
-            .arg(&self.opts.superuser)
-            .args([
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "--auth-local=trust",
-            ])
+            .args(["-U", &self.opts.superuser, "-E", "UTF8", "--locale=C"])
+            .args(["--no-sync", "--auth-local=trust"])
             .arg(format!("--auth-host={}", self.opts.host_auth));
         let pwfile = self.base_dir.join("pwfile");
         if !self.opts.superuser_password.is_empty() {
-            self.write_owned(
-                &pwfile,
-                &format!("{}\n", self.opts.superuser_password),
-                0o600,
-            )?;
+            self.write_owned(&pwfile, &format!("{}\n", self.opts.superuser_password))?;
             cmd.arg(format!("--pwfile={}", pwfile.display()));
         }
-        let started = Instant::now();
-        let res = run("initdb", cmd, None, INITDB_TIMEOUT).and_then(|o| o.check("initdb"));
+        let res = run("initdb", cmd, None, INITDB_TIMEOUT);
         let _ = fs::remove_file(&pwfile);
-        res?;
-        tracing::debug!(elapsed = ?started.elapsed(), "initdb done");
-        Ok(())
+        res.map(drop)
     }
 
-    /// Write `pgward.conf` (our settings plus `extra_conf`) into the data
+    /// Write `pgward.conf` (our settings, then `extra_conf`) into the data
     /// directory and include it from `postgresql.conf` (once).
     fn write_conf(&self) -> Result<(), PgCtlError> {
-        let mut conf = String::from("# written by pgward::pgctl\n");
-        let mut set = |k: &str, v: &str| {
-            let _ = writeln!(conf, "{k} = {}", conf_value(v));
-        };
-        set("listen_addresses", HOST);
-        set("port", &self.port.to_string());
-        set("unix_socket_directories", &self.base_dir.to_string_lossy());
-        set("fsync", "off");
-        set("synchronous_commit", "off");
-        set("full_page_writes", "off");
-        set("max_connections", "300");
+        let port = self.port.to_string();
+        let socket_dir = self.base_dir.to_string_lossy();
+        let mut settings = vec![
+            ("listen_addresses", HOST),
+            ("port", &port),
+            ("unix_socket_directories", &socket_dir),
+            ("fsync", "off"),
+            ("synchronous_commit", "off"),
+            ("full_page_writes", "off"),
+            ("max_connections", "300"),
+        ];
         if self.opts.host_auth == "md5" {
-            set("password_encryption", "md5");
+            settings.push(("password_encryption", "md5"));
         }
-        for (k, v) in &self.opts.extra_conf {
-            set(k, v);
-        }
-        self.write_owned(&self.data_dir.join("pgward.conf"), &conf, 0o600)?;
+        settings.extend(
+            self.opts
+                .extra_conf
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let conf: String = settings
+            .iter()
+            .map(|(k, v)| format!("{k} = {}\n", conf_value(v)))
+            .collect();
+        self.write_owned(&self.data_dir.join("pgward.conf"), &conf)?;
 
         let main_conf = self.data_dir.join("postgresql.conf");
         let include = "include 'pgward.conf'";
-        let text = fs::read_to_string(&main_conf)?;
-        if !text.lines().any(|l| l.trim() == include) {
+        if !fs::read_to_string(&main_conf)?
+            .lines()
+            .any(|l| l.trim() == include)
+        {
             let mut f = fs::OpenOptions::new().append(true).open(&main_conf)?;
             writeln!(f, "\n{include}")?;
         }
         Ok(())
     }
 
-    /// Write a file and make it owned by the server's user.
-    fn write_owned(&self, path: &Path, contents: &str, mode: u32) -> Result<(), PgCtlError> {
+    /// Write a private file owned by the server's OS user.
+    fn write_owned(&self, path: &Path, contents: &str) -> Result<(), PgCtlError> {
         fs::write(path, contents)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-        if let Some(run_as) = &self.run_as {
-            std::os::unix::fs::chown(path, Some(run_as.uid), Some(run_as.gid))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = self.owner {
+            chown(path, Some(uid), Some(gid))?;
         }
         Ok(())
     }
 
-    fn pg_ctl_start(&self) -> Result<(), PgCtlError> {
-        let mut cmd = self.pg_ctl("start");
-        cmd.arg("-l").arg(&self.log_file);
-        let res =
-            run("pg_ctl start", cmd, None, PG_CTL_TIMEOUT).and_then(|o| o.check("pg_ctl start"));
-        if let Err(e) = res {
-            // Make sure nothing half-started is left behind.
-            self.stop_immediate();
-            return Err(self.with_log_tail(e));
+    /// Run `pg_ctl <action> -w` (`what` is `"pg_ctl <action>"`), logging to
+    /// our log file when starting; errors carry the end of the server log.
+    fn pg_ctl(&self, what: &'static str, mode: Option<&str>) -> Result<(), PgCtlError> {
+        let action = what.trim_start_matches("pg_ctl ");
+        let mut cmd = self.command("pg_ctl");
+        cmd.args([action, "-D"]).arg(&self.data_dir);
+        cmd.args(["-w", "-t", &PG_CTL_WAIT_SECS.to_string()]);
+        if let Some(mode) = mode {
+            cmd.args(["-m", mode]);
         }
-        self.after_start()
+        if action != "stop" {
+            cmd.arg("-l").arg(&self.log_file);
+        }
+        let timeout = Duration::from_secs(PG_CTL_WAIT_SECS + 30);
+        match run(what, cmd, None, timeout) {
+            Ok(_) => Ok(()),
+            Err(PgCtlError::Command {
+                what,
+                status,
+                mut stderr,
+            }) => {
+                let tail = log_tail(&self.log_contents());
+                if !tail.is_empty() {
+                    stderr = format!("{stderr}\nserver log:\n{tail}");
+                }
+                Err(PgCtlError::Command {
+                    what,
+                    status,
+                    stderr,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Record the postmaster pid and check that TCP connections are accepted.
-    fn after_start(&self) -> Result<(), PgCtlError> {
-        if let Some(pid) = self.read_pid_file() {
-            *self
-                .postmaster_pid
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(pid);
+    fn pg_ctl_start(&self) -> Result<(), PgCtlError> {
+        if let Err(e) = self.pg_ctl("pg_ctl start", None) {
+            self.stop_immediate(); // leave nothing half-started behind
+            return Err(e);
         }
+        self.wait_for_tcp()
+    }
+
+    fn wait_for_tcp(&self) -> Result<(), PgCtlError> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(PgCtlError::Start(format!(
-                        "server does not accept TCP connections on {addr}: {e}\n{}",
-                        log_tail(&self.log_contents())
-                    )))
+                    let tail = log_tail(&self.log_contents());
+                    let msg = format!("no TCP connection to {addr}: {e}\n{tail}");
+                    return Err(PgCtlError::Start(msg));
                 }
                 Err(_) => thread::sleep(Duration::from_millis(20)),
             }
@@ -442,81 +402,34 @@ impl TempPostgres {
     }
 
     /// Whether the log written after byte `since` says the port was taken.
-    fn port_in_use_since(&self, since: u64) -> bool {
+    fn port_taken_since(&self, since: u64) -> bool {
         let log = fs::read(&self.log_file).unwrap_or_default();
-        let new = log.get(since as usize..).unwrap_or(&log);
-        let new = String::from_utf8_lossy(new);
-        new.contains("Address already in use") || new.contains("could not bind")
+        let new = String::from_utf8_lossy(log.get(since as usize..).unwrap_or(&log));
+        new.contains("could not bind") || new.contains("Address already in use")
     }
 
-    fn with_log_tail(&self, e: PgCtlError) -> PgCtlError {
-        match e {
-            PgCtlError::Command {
-                what,
-                status,
-                mut stderr,
-            } => {
-                let tail = log_tail(&self.log_contents());
-                if !tail.is_empty() {
-                    stderr.push_str("\nserver log:\n");
-                    stderr.push_str(&tail);
-                }
-                PgCtlError::Command {
-                    what,
-                    status,
-                    stderr,
-                }
-            }
-            other => other,
-        }
-    }
-
-    fn read_pid_file(&self) -> Option<i32> {
+    /// The postmaster's pid, from `postmaster.pid`.
+    fn pid(&self) -> Option<u32> {
         let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
         text.lines().next()?.trim().parse().ok()
     }
 
-    /// The running postmaster's pid, from its pid file or the last start.
-    fn current_pid(&self) -> Option<i32> {
-        self.read_pid_file().or(*self
-            .postmaster_pid
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()))
-    }
-
     /// `pg_ctl stop -m immediate` and wait for the postmaster to exit,
-    /// ignoring errors; used on failure and drop.
+    /// ignoring errors; used on failure and on drop.
     fn stop_immediate(&self) {
-        let Some(pid) = self.current_pid() else {
-            return;
-        };
-        if self.data_dir.join("postmaster.pid").exists() {
-            let mut cmd = self.pg_ctl("stop");
-            cmd.args(["-m", "immediate"]);
-            if let Err(e) =
-                run("pg_ctl stop", cmd, None, PG_CTL_TIMEOUT).and_then(|o| o.check("pg_ctl stop"))
-            {
-                tracing::debug!(error = %e, "pg_ctl stop -m immediate failed");
-            }
+        let Some(pid) = self.pid() else { return };
+        if let Err(e) = self.pg_ctl("pg_ctl stop", Some("immediate")) {
+            tracing::debug!(error = %e, "pg_ctl stop -m immediate failed");
         }
         self.wait_gone(pid, Duration::from_secs(20));
-        *self
-            .postmaster_pid
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Wait until postmaster `pid` has exited; kill it (only if it is still
-    /// our postmaster) when it takes longer than `timeout`.
-    fn wait_gone(&self, pid: i32, timeout: Duration) {
-        if wait_exit(pid, timeout) {
-            return;
-        }
-        if is_our_postmaster(pid, &self.data_dir) {
+    /// Wait until postmaster `pid` has exited; SIGKILL it (only if it is
+    /// still our postmaster) when that takes longer than `timeout`.
+    fn wait_gone(&self, pid: u32, timeout: Duration) {
+        if !wait_exit(pid, timeout) && is_postmaster_of(pid, &self.data_dir) {
             tracing::warn!(pid, "postmaster did not exit, sending SIGKILL");
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            kill(pid, "KILL");
             wait_exit(pid, Duration::from_secs(10));
         }
     }
@@ -528,20 +441,16 @@ impl Drop for TempPostgres {
         if self.auto_port {
             release_port(self.port);
         }
-        for attempt in 0..5 {
+        for attempt in 1..=5 {
             match fs::remove_dir_all(&self.base_dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                Err(e) => {
-                    if attempt == 4 {
-                        tracing::warn!(
-                            dir = %self.base_dir.display(),
-                            error = %e,
-                            "could not remove temporary PostgreSQL directory"
-                        );
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    if attempt == 5 {
+                        let dir = self.base_dir.display();
+                        tracing::warn!(%dir, error = %e, "could not remove temporary PostgreSQL directory");
                     }
                     thread::sleep(Duration::from_millis(100));
                 }
+                _ => break,
             }
         }
     }
@@ -553,52 +462,45 @@ impl Drop for TempPostgres {
 pub fn find_bin_dir() -> Result<PathBuf, PgCtlError> {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
-        return if has_server_binaries(&dir) {
-            Ok(dir)
-        } else {
-            Err(PgCtlError::NotFound(format!(
-                "{BIN_DIR_ENV}={} does not contain initdb, pg_ctl, postgres and psql",
-                dir.display()
-            )))
-        };
+        if has_server_binaries(&dir) {
+            return Ok(dir);
+        }
+        let msg = format!(
+            "{BIN_DIR_ENV}={} lacks initdb, pg_ctl, postgres or psql",
+            dir.display()
+        );
+        return Err(PgCtlError::NotFound(msg));
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let initdb = dir.join("initdb");
-            if !is_executable(&initdb) {
-                continue;
-            }
-            if has_server_binaries(&dir) {
-                return Ok(dir);
-            }
-            // e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb
-            if let Some(real_dir) = fs::canonicalize(&initdb)
-                .ok()
-                .and_then(|p| p.parent().map(Path::to_path_buf))
-            {
-                if has_server_binaries(&real_dir) {
-                    return Ok(real_dir);
-                }
-            }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        // e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb
+        let real = fs::canonicalize(dir.join("initdb")).ok();
+        let real_dir = real
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        if let Some(found) = [Some(dir), real_dir]
+            .into_iter()
+            .flatten()
+            .find(|d| has_server_binaries(d))
+        {
+            return Ok(found);
         }
     }
-    let mut versions: Vec<(Vec<u32>, PathBuf)> = Vec::new();
-    if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(version) = name
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let version = name
                 .split('.')
                 .map(str::parse)
-                .collect::<Result<Vec<u32>, _>>()
-            else {
-                continue;
-            };
-            let bin = entry.path().join("bin");
-            if has_server_binaries(&bin) {
-                versions.push((version, bin));
-            }
-        }
-    }
+                .collect::<Result<_, _>>()
+                .ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .filter(|(_, bin)| has_server_binaries(bin))
+        .collect();
     versions.sort();
     versions.pop().map(|(_, bin)| bin).ok_or_else(|| {
         PgCtlError::NotFound(
@@ -612,13 +514,7 @@ pub fn find_bin_dir() -> Result<PathBuf, PgCtlError> {
 fn has_server_binaries(dir: &Path) -> bool {
     ["initdb", "pg_ctl", "postgres", "psql"]
         .iter()
-        .all(|b| is_executable(&dir.join(b)))
-}
-
-fn is_executable(path: &Path) -> bool {
-    fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+        .all(|b| fs::metadata(dir.join(b)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
 }
 
 fn validate(opts: &PgOptions) -> Result<(), PgCtlError> {
@@ -629,26 +525,18 @@ fn validate(opts: &PgOptions) -> Result<(), PgCtlError> {
     if opts.superuser_password.contains(['\n', '\r', '\0']) {
         return bad("superuser_password must not contain line breaks or NUL".into());
     }
-    if opts.host_auth.is_empty()
-        || !opts
-            .host_auth
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return bad(format!(
-            "host_auth {:?} is not an auth method",
-            opts.host_auth
-        ));
+    let auth = &opts.host_auth;
+    if auth.is_empty() || !auth.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return bad(format!("host_auth {auth:?} is not an auth method"));
     }
     if opts.port == Some(0) {
         return bad("port 0: use None to pick a free port".into());
     }
     for (key, value) in &opts.extra_conf {
-        let ok_key = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-        if !ok_key {
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+        if !key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            || !key.chars().all(name_char)
+        {
             return bad(format!("extra_conf key {key:?} is not a setting name"));
         }
         if key.eq_ignore_ascii_case("port") || key.eq_ignore_ascii_case("unix_socket_directories") {
@@ -680,10 +568,11 @@ fn quote_ident(s: &str) -> String {
 }
 
 fn quote_literal(s: &str) -> String {
+    let escaped = s.replace('\\', "\\\\").replace('\'', "''");
     if s.contains('\\') {
-        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+        format!("E'{escaped}'")
     } else {
-        format!("'{}'", s.replace('\'', "''"))
+        format!("'{escaped}'")
     }
 }
 
@@ -692,83 +581,62 @@ fn log_tail(log: &str) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-// ---- temporary directories and ports --------------------------------------
-
-fn create_temp_dir(run_as: Option<&RunAs>) -> Result<PathBuf, PgCtlError> {
+/// A fresh directory for one server, reachable by (and, as root, owned by)
+/// the OS user the server runs as.
+fn create_temp_dir(owner: Option<(u32, u32)>) -> Result<PathBuf, PgCtlError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let enterable = |dir: &Path| {
+        let mut test = command("test", true);
+        test.arg("-x")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        test.status().is_ok_and(|s| s.success())
+    };
     let mut tmp = std::env::temp_dir();
-    if let Some(run_as) = run_as {
-        if !run_as.can_traverse(&tmp) {
-            let fallback = PathBuf::from("/tmp");
-            if !run_as.can_traverse(&fallback) {
-                return Err(PgCtlError::InvalidOption(format!(
-                    "temporary directory {} is not accessible to OS user {}; set TMPDIR",
-                    tmp.display(),
-                    run_as.name
-                )));
-            }
-            tracing::warn!(
-                tmp = %tmp.display(),
-                "temporary directory not accessible to OS user {}, using /tmp",
-                run_as.name
-            );
-            tmp = fallback;
+    if owner.is_some() && !enterable(&tmp) {
+        tracing::warn!(tmp = %tmp.display(), "temporary directory not accessible to OS user {PG_USER}, using /tmp");
+        tmp = PathBuf::from("/tmp");
+        if !enterable(&tmp) {
+            let msg = format!("/tmp is not accessible to OS user {PG_USER}; set TMPDIR");
+            return Err(PgCtlError::InvalidOption(msg));
         }
     }
-    let pid = std::process::id();
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = tmp.join(format!("pgward-pg-{pid}-{n}-{nanos}"));
+        let dir = tmp.join(format!("pgward-pg-{}-{n}", std::process::id()));
+        let s = dir.to_string_lossy();
+        let socket_len = dir.join(format!(".s.PGSQL.{}", u16::MAX)).as_os_str().len();
+        if s.contains([',', '"', '\'', '\\'])
+            || s.contains(char::is_whitespace)
+            || socket_len > MAX_SOCKET_PATH
+        {
+            let msg = format!("temporary directory {s:?} is unusable for a unix socket (too long or special characters); set TMPDIR");
+            return Err(PgCtlError::InvalidOption(msg));
+        }
         match fs::create_dir(&dir) {
-            Ok(()) => {
-                let setup = || -> Result<(), PgCtlError> {
-                    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-                    if let Some(run_as) = run_as {
-                        std::os::unix::fs::chown(&dir, Some(run_as.uid), Some(run_as.gid))?;
-                    }
-                    let s = dir.to_string_lossy();
-                    if s.contains([',', '"', '\'', '\\']) || s.chars().any(char::is_whitespace) {
-                        return Err(PgCtlError::InvalidOption(format!(
-                            "temporary directory {s:?} has characters unusable in \
-                             unix_socket_directories; set TMPDIR"
-                        )));
-                    }
-                    Ok(())
-                };
-                if let Err(e) = setup() {
-                    let _ = fs::remove_dir_all(&dir);
-                    return Err(e);
-                }
-                return Ok(dir);
-            }
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e.into()),
         }
+        let setup = || -> io::Result<()> {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+            owner.map_or(Ok(()), |(uid, gid)| chown(&dir, Some(uid), Some(gid)))
+        };
+        if let Err(e) = setup() {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+        return Ok(dir);
     }
 }
 
 /// Ports handed to live servers of this process, so that two servers started
 /// at the same time never get the same one.
-static PORTS_IN_USE: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-#[cfg(test)]
-thread_local! {
-    /// Ports `pick_free_port` hands out first (tests of the retry path).
-    static FORCED_PORTS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+static PORTS_IN_USE: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 fn pick_free_port() -> Result<u16, PgCtlError> {
-    let mut guard = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
-    let used = guard.get_or_insert_with(HashSet::new);
-    #[cfg(test)]
-    if let Some(port) = FORCED_PORTS.with(|p| p.borrow_mut().pop()) {
-        used.insert(port);
-        return Ok(port);
-    }
+    let mut used = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..50 {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
@@ -781,255 +649,146 @@ fn pick_free_port() -> Result<u16, PgCtlError> {
 }
 
 fn release_port(port: u16) {
-    let mut guard = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(used) = guard.as_mut() {
-        used.remove(&port);
-    }
+    PORTS_IN_USE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&port);
 }
 
 // ---- processes -------------------------------------------------------------
 
-/// The OS user to run PostgreSQL as when we are root.
-#[derive(Debug, Clone)]
-struct RunAs {
-    name: String,
-    uid: u32,
-    gid: u32,
-    groups: Vec<libc::gid_t>,
+fn is_root() -> io::Result<bool> {
+    Ok(fs::metadata("/proc/self")?.uid() == 0)
 }
 
-impl RunAs {
-    fn lookup(name: &str) -> Result<RunAs, PgCtlError> {
-        let not_found = || {
-            PgCtlError::NotFound(format!(
-                "OS user {name:?} (needed to run PostgreSQL as root); install the postgresql package"
-            ))
-        };
-        let cname = CString::new(name).map_err(|_| not_found())?;
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc != 0 || result.is_null() {
-            return Err(not_found());
-        }
-        let (uid, gid) = (pwd.pw_uid, pwd.pw_gid);
-        Ok(RunAs {
-            name: name.to_string(),
-            uid,
-            gid,
-            groups: supplementary_groups(&cname, gid),
-        })
-    }
+/// uid and gid of the `postgres` OS user, from `id`.
+fn pg_user_ids() -> Result<(u32, u32), PgCtlError> {
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id")
+            .args([flag, PG_USER])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status.success().then_some(())?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    id("-u").zip(id("-g")).ok_or_else(|| {
+        PgCtlError::NotFound(format!(
+            "OS user {PG_USER:?} (needed to run PostgreSQL as root); install the postgresql package"
+        ))
+    })
+}
 
-    /// Whether this user can reach `dir` (search permission on it and every
-    /// ancestor).
-    fn can_traverse(&self, dir: &Path) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(dir) = fs::canonicalize(dir) else {
-            return false;
-        };
-        dir.ancestors().all(|d| {
-            fs::metadata(d).is_ok_and(|m| {
-                let mode = m.mode();
-                if m.uid() == self.uid {
-                    mode & 0o100 != 0
-                } else if m.gid() == self.gid || self.groups.contains(&m.gid()) {
-                    mode & 0o010 != 0
-                } else {
-                    mode & 0o001 != 0
-                }
-            })
-        })
-    }
-
-    /// Drop to this user in the child between fork and exec.
-    fn apply(&self, cmd: &mut Command) {
-        let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
-        // SAFETY: only async-signal-safe system calls run in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+/// `program`, run as the `postgres` OS user (via `runuser`) if `as_pg_user`,
+/// without the caller's `PG*` variables and in the C locale.
+fn command(program: impl AsRef<OsStr>, as_pg_user: bool) -> Command {
+    let mut cmd = if as_pg_user {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", PG_USER, "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    };
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(key);
         }
     }
+    cmd.env("LC_ALL", "C").env("LANG", "C");
+    cmd
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn supplementary_groups(name: &CString, gid: libc::gid_t) -> Vec<libc::gid_t> {
-    let mut n: libc::c_int = 64;
-    for _ in 0..4 {
-        let mut groups = vec![0 as libc::gid_t; n as usize];
-        let mut count = n;
-        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
-        if rc >= 0 {
-            groups.truncate(count.max(0) as usize);
-            return groups;
-        }
-        n = count.max(n * 2);
-    }
-    vec![gid]
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn supplementary_groups(_name: &CString, gid: libc::gid_t) -> Vec<libc::gid_t> {
-    vec![gid]
-}
-
-struct RunOutput {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl RunOutput {
-    fn check(self, what: &'static str) -> Result<RunOutput, PgCtlError> {
-        if self.status.success() {
-            return Ok(self);
-        }
-        let mut stderr = self.stderr.trim_end().to_string();
-        if stderr.is_empty() {
-            stderr = self.stdout.trim_end().to_string();
-        }
-        Err(PgCtlError::Command {
-            what,
-            status: self.status,
-            stderr,
-        })
-    }
-}
-
-/// Run a command to completion, feeding `stdin` and collecting its output,
-/// killing it after `timeout`.
+/// Run `cmd` to completion, feeding it `stdin`; returns its stdout if it
+/// succeeded. After `timeout` it gets SIGTERM (which `runuser` passes on),
+/// then SIGKILL. Programs must not leave children holding its stdout/stderr
+/// (`pg_ctl` redirects the server's to the `-l` file).
 fn run(
     what: &'static str,
     mut cmd: Command,
-    stdin: Option<Vec<u8>>,
+    stdin: Option<&str>,
     timeout: Duration,
-) -> Result<RunOutput, PgCtlError> {
+) -> Result<String, PgCtlError> {
     tracing::debug!(cmd = ?cmd, "running {what}");
-    cmd.stdin(if stdin.is_some() {
+    let input = if stdin.is_some() {
         Stdio::piped()
     } else {
         Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
-        let program = cmd.get_program().to_string_lossy().into_owned();
-        io::Error::new(e.kind(), format!("{what}: cannot run {program}: {e}"))
-    })?;
-
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        thread::spawn(move || {
-            // A closed pipe just means the program stopped reading.
-            let _ = pipe.write_all(&input);
-        });
-    }
-    let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>();
-    let readers: Vec<(bool, Box<dyn Read + Send>)> = [
-        child
-            .stdout
-            .take()
-            .map(|p| (true, Box::new(p) as Box<dyn Read + Send>)),
-        child
-            .stderr
-            .take()
-            .map(|p| (false, Box::new(p) as Box<dyn Read + Send>)),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let n_readers = readers.len();
-    for (is_stdout, mut pipe) in readers {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            let _ = tx.send((is_stdout, buf));
-        });
-    }
-    drop(tx);
-
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(PgCtlError::Timeout { what, timeout });
-        }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
     };
-
-    // The pipes reach EOF when every process holding them has gone; do not
-    // hang if some grandchild kept them open.
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let collect_deadline = Instant::now() + Duration::from_secs(5);
-    for _ in 0..n_readers {
-        let left = collect_deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((true, b)) => stdout = b,
-            Ok((false, b)) => stderr = b,
-            Err(_) => break,
-        }
+    cmd.stdin(input)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{what}: cannot run {:?}: {e}", cmd.get_program()),
+        )
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin.map(str::to_owned), child.stdin.take()) {
+        // A closed pipe just means the program stopped reading.
+        thread::spawn(move || pipe.write_all(input.as_bytes()));
     }
-    Ok(RunOutput {
-        status,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(child.wait_with_output()));
+    let Ok(out) = rx.recv_timeout(timeout) else {
+        kill(pid, "TERM");
+        if rx.recv_timeout(Duration::from_secs(5)).is_err() {
+            kill(pid, "KILL");
+        }
+        return Err(PgCtlError::Timeout { what, timeout });
+    };
+    let out = out?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let message = if out.stderr.trim_ascii().is_empty() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
+    let stderr = String::from_utf8_lossy(message).trim_end().to_string();
+    Err(PgCtlError::Command {
+        what,
+        status: out.status,
+        stderr,
     })
 }
 
-/// Whether `pid` exists and is not a zombie.
-fn process_alive(pid: i32) -> bool {
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    }
-    // A zombie (exited, not yet reaped by its parent) counts as gone.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .map_or(true, |state| state != "Z" && state != "X"),
-        Err(_) => true,
+fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+    if let Err(e) = status {
+        tracing::warn!(pid, error = %e, "could not run kill");
     }
 }
 
-fn wait_exit(pid: i32, timeout: Duration) -> bool {
+/// Whether `pid` exists and is not a zombie (exited, not yet reaped).
+fn process_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        state.is_some_and(|s| s != "Z" && s != "X")
+    })
+}
+
+fn wait_exit(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
     while process_alive(pid) {
         if Instant::now() >= deadline {
             return false;
         }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
+        thread::sleep(Duration::from_millis(10));
     }
     true
 }
 
 /// Whether `pid` is a postgres process serving `data_dir` (guards against
 /// killing an unrelated process that reused the pid).
-fn is_our_postmaster(pid: i32, data_dir: &Path) -> bool {
+fn is_postmaster_of(pid: u32, data_dir: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
@@ -1045,49 +804,34 @@ fn is_our_postmaster(pid: i32, data_dir: &Path) -> bool {
 mod tests {
     use super::*;
 
-    /// psql as the current OS user, ignoring the caller's PG* environment.
-    fn client_psql(pg: &TempPostgres) -> Command {
-        let mut cmd = Command::new(pg.bin_dir().join("psql"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.stdin(Stdio::null());
-        cmd
-    }
-
-    fn tcp_psql(pg: &TempPostgres, user: &str, password: &str, sql: &str) -> std::process::Output {
-        client_psql(pg)
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .arg(format!(
-                "postgresql://{user}:{password}@{}:{}/postgres",
+    /// `sql` over TCP as `user` (psql run as the current OS user).
+    fn tcp(pg: &TempPostgres, user: &str, password: &str, sql: &str) -> Result<String, String> {
+        let out = command(pg.bin_dir().join("psql"), false)
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
                 pg.host(),
-                pg.port()
-            ))
-            .args(["-c", sql])
+                "-U",
+                user,
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .args(["-p", &pg.port().to_string()])
             .env("PGPASSWORD", password)
             .env("PGCONNECT_TIMEOUT", "10")
             .stdin(Stdio::null())
             .output()
-            .expect("run psql")
-    }
-
-    fn assert_tcp_ok(pg: &TempPostgres, user: &str, password: &str, sql: &str, expected: &str) {
-        let out = tcp_psql(pg, user, password, sql);
-        assert!(
-            out.status.success(),
-            "psql over TCP failed: {}\nserver log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            pg.log_contents()
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
-    }
-
-    #[test]
-    fn finds_binaries() {
-        let dir = find_bin_dir().unwrap();
-        assert!(has_server_binaries(&dir), "{}", dir.display());
+            .expect("run psql");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        if out.status.success() {
+            Ok(text(&out.stdout))
+        } else {
+            Err(text(&out.stderr))
+        }
     }
 
     #[test]
@@ -1095,92 +839,63 @@ mod tests {
         let pg = TempPostgres::start(PgOptions::default()).unwrap();
         let base = pg.socket_dir().to_path_buf();
         assert!(pg.data_dir().join("PG_VERSION").exists());
-        assert_eq!(pg.host(), "127.0.0.1");
         assert!(base.join(format!(".s.PGSQL.{}", pg.port())).exists());
-        assert_eq!(pg.psql("postgres", "select 1").unwrap().trim(), "1");
-        assert_eq!(
-            pg.psql("postgres", "show max_connections").unwrap().trim(),
-            "300"
-        );
-        assert_eq!(pg.psql("postgres", "show fsync").unwrap().trim(), "off");
-        if unsafe { libc::geteuid() } == 0 {
-            // psql (and so initdb and pg_ctl) ran as the postgres OS user.
-            let who = pg.psql("postgres", "\\! id -un; id -Gn").unwrap();
-            assert_eq!(who.lines().next(), Some("postgres"));
+        let sql = |s: &str| pg.psql("postgres", s).unwrap().trim().to_string();
+        assert_eq!(sql("show max_connections"), "300");
+        assert_eq!(sql("show fsync"), "off");
+        if is_root().unwrap() {
+            assert_eq!(sql("\\! id -un"), "postgres");
         }
-
-        // Several statements; results of each are printed.
-        let out = pg
-            .psql(
-                "postgres",
-                "create role app login password 'app''s pw';\ncreate database appdb owner app;\nselect 2;\nselect 3;",
-            )
-            .unwrap();
-        assert_eq!(out.trim(), "2\n3");
-
-        // Errors carry psql's stderr.
+        let several = "create role app login password 'app''s pw';\nselect 2;\nselect 3;";
+        assert_eq!(sql(several), "2\n3");
         match pg.psql("postgres", "select * from no_such_table") {
-            Err(PgCtlError::Command { what, stderr, .. }) => {
-                assert_eq!(what, "psql");
-                assert!(stderr.contains("no_such_table"), "{stderr}");
+            Err(PgCtlError::Command {
+                what: "psql",
+                stderr,
+                ..
+            }) => {
+                assert!(stderr.contains("no_such_table"), "{stderr}")
             }
             other => panic!("expected a psql error, got {other:?}"),
         }
-
-        // TCP with SCRAM.
-        assert_tcp_ok(&pg, "app", "app's pw", "select current_user", "app");
-        assert_tcp_ok(
-            &pg,
-            "postgres",
-            "postgres",
-            "select current_user",
-            "postgres",
+        assert_eq!(
+            tcp(&pg, "app", "app's pw", "select current_user"),
+            Ok("app".into())
         );
-        let wrong = tcp_psql(&pg, "app", "nope", "select 1");
-        assert!(!wrong.status.success());
-        assert!(String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"));
-        assert!(pg
-            .psql(
-                "postgres",
-                "select passwd from pg_shadow where usename = 'app'"
-            )
-            .unwrap()
-            .starts_with("SCRAM-SHA-256$"));
+        assert_eq!(tcp(&pg, "postgres", "postgres", "select 1"), Ok("1".into()));
+        let wrong = tcp(&pg, "app", "nope", "select 1").unwrap_err();
+        assert!(wrong.contains("password authentication failed"), "{wrong}");
+        assert!(
+            sql("select passwd from pg_shadow where usename = 'app'").starts_with("SCRAM-SHA-256$")
+        );
+        let pid = pg.pid().unwrap();
+        drop(pg);
+        assert!(!base.exists(), "{} still exists", base.display());
+        assert!(!process_alive(pid));
+    }
 
-        // stop / start_again on the same port.
+    #[test]
+    fn stop_start_again_restart() {
+        let pg = TempPostgres::start(PgOptions::default()).unwrap();
         let port = pg.port();
-        let pid1 = pg.read_pid_file().unwrap();
+        pg.psql("postgres", "create database keep").unwrap();
+        let pid1 = pg.pid().unwrap();
         pg.stop().unwrap();
         assert!(!process_alive(pid1));
         assert!(pg.psql("postgres", "select 1").is_err());
         assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
+
         pg.start_again().unwrap();
         assert_eq!(pg.port(), port);
-        assert_eq!(pg.psql("postgres", "select 1").unwrap().trim(), "1");
-        assert_tcp_ok(&pg, "app", "app's pw", "select current_user", "app");
+        assert_eq!(tcp(&pg, "postgres", "postgres", "select 1"), Ok("1".into()));
 
-        // restart: a new postmaster, data kept.
-        let pid2 = pg.read_pid_file().unwrap();
+        let pid2 = pg.pid().unwrap();
         pg.restart().unwrap();
-        let pid3 = pg.read_pid_file().unwrap();
-        assert_ne!(pid2, pid3);
+        assert_ne!(pg.pid(), Some(pid2));
         assert!(!process_alive(pid2));
-        assert_eq!(
-            pg.psql(
-                "postgres",
-                "select count(*) from pg_database where datname = 'appdb'"
-            )
-            .unwrap()
-            .trim(),
-            "1"
-        );
-        assert!(pg
-            .log_contents()
-            .contains("database system is ready to accept connections"));
-
-        drop(pg);
-        assert!(!base.exists(), "{} still exists", base.display());
-        assert!(!process_alive(pid3));
+        let keep = "select count(*) from pg_database where datname = 'keep'";
+        assert_eq!(pg.psql("postgres", keep).unwrap().trim(), "1");
+        assert!(pg.log_contents().contains("ready to accept connections"));
     }
 
     #[test]
@@ -1198,20 +913,19 @@ mod tests {
         assert_eq!(pgs[0].psql("postgres", count).unwrap().trim(), "1");
         assert_eq!(pgs[1].psql("postgres", count).unwrap().trim(), "0");
         for pg in &pgs {
-            assert_tcp_ok(pg, "postgres", "postgres", "select 1", "1");
+            assert_eq!(tcp(pg, "postgres", "postgres", "select 1"), Ok("1".into()));
         }
         let dirs: Vec<PathBuf> = pgs.iter().map(|p| p.socket_dir().to_path_buf()).collect();
         drop(pgs);
-        for dir in dirs {
-            assert!(!dir.exists());
-        }
+        assert!(dirs.iter().all(|d| !d.exists()));
     }
 
     #[test]
     fn md5_and_extra_conf() {
+        let password = "s3cret'\\x";
         let pg = TempPostgres::start(PgOptions {
             superuser: "boss".into(),
-            superuser_password: "s3cret'\\x".into(),
+            superuser_password: password.into(),
             host_auth: "md5".into(),
             extra_conf: vec![
                 ("max_connections".into(), "200".into()),
@@ -1221,139 +935,22 @@ mod tests {
             port: None,
         })
         .unwrap();
+        let sql = |s: &str| pg.psql("postgres", s).unwrap().trim().to_string();
+        assert_eq!(sql("show max_connections"), "200");
+        assert_eq!(sql("show work_mem"), "8MB");
+        assert_eq!(sql("show password_encryption"), "md5");
+        assert_eq!(sql("select current_user"), "boss");
+        assert!(sql("select passwd from pg_shadow where usename = 'boss'").starts_with("md5"));
+        let app_name =
+            "select setting from pg_file_settings where name = 'application_name' and applied";
+        assert_eq!(sql(app_name), "it's me");
         assert_eq!(
-            pg.psql("postgres", "show max_connections").unwrap().trim(),
-            "200"
+            tcp(&pg, "boss", password, "select current_user"),
+            Ok("boss".into())
         );
-        assert_eq!(pg.psql("postgres", "show work_mem").unwrap().trim(), "8MB");
-        assert_eq!(
-            pg.psql("postgres", "show password_encryption")
-                .unwrap()
-                .trim(),
-            "md5"
-        );
-        assert_eq!(
-            pg.psql("postgres", "select current_user").unwrap().trim(),
-            "boss"
-        );
-        assert!(pg
-            .psql(
-                "postgres",
-                "select passwd from pg_shadow where usename = 'boss'"
-            )
-            .unwrap()
-            .starts_with("md5"));
-        assert_eq!(
-            pg.psql(
-                "postgres",
-                "select setting from pg_file_settings where name = 'application_name' and applied"
-            )
-            .unwrap()
-            .trim(),
-            "it's me"
-        );
-        // The password goes through PGPASSWORD only (URL-unsafe characters).
-        let out = client_psql(&pg)
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "boss",
-                "-d",
-                "postgres",
-            ])
-            .arg("-p")
-            .arg(pg.port().to_string())
-            .args(["-c", "select current_user"])
-            .env("PGPASSWORD", "s3cret'\\x")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "boss");
         let hba = fs::read_to_string(pg.data_dir().join("pg_hba.conf")).unwrap();
         assert!(hba
             .lines()
             .any(|l| l.starts_with("host") && l.trim_end().ends_with("md5")));
-    }
-
-    #[test]
-    fn trust_fixed_port_and_restart_same_port() {
-        let port = pick_free_port().unwrap();
-        let pg = TempPostgres::start(PgOptions {
-            host_auth: "trust".into(),
-            superuser_password: String::new(),
-            port: Some(port),
-            ..PgOptions::default()
-        })
-        .unwrap();
-        assert_eq!(pg.port(), port);
-        assert_tcp_ok(&pg, "postgres", "whatever", "select 7", "7");
-        // A second server on the same fixed port fails cleanly and cleans up.
-        let err = TempPostgres::start(PgOptions {
-            port: Some(port),
-            ..PgOptions::default()
-        })
-        .unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("pg_ctl start"), "{msg}");
-        // The same log lines that make start() retry with an automatic port.
-        assert!(
-            msg.contains("Address already in use") || msg.contains("could not bind"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn retries_when_the_picked_port_is_taken() {
-        let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let taken = squatter.local_addr().unwrap().port();
-        FORCED_PORTS.with(|p| p.borrow_mut().push(taken));
-        let pg = TempPostgres::start(PgOptions::default()).unwrap();
-        assert_ne!(pg.port(), taken);
-        assert!(pg.log_contents().contains("could not bind"));
-        assert_eq!(pg.psql("postgres", "select 1").unwrap().trim(), "1");
-        assert_tcp_ok(&pg, "postgres", "postgres", "select 1", "1");
-        drop(squatter);
-    }
-
-    #[test]
-    fn rejects_bad_options() {
-        for opts in [
-            PgOptions {
-                extra_conf: vec![("port".into(), "5".into())],
-                ..PgOptions::default()
-            },
-            PgOptions {
-                extra_conf: vec![("bad key".into(), "5".into())],
-                ..PgOptions::default()
-            },
-            PgOptions {
-                superuser_password: "a\nb".into(),
-                ..PgOptions::default()
-            },
-        ] {
-            assert!(matches!(
-                TempPostgres::start(opts),
-                Err(PgCtlError::InvalidOption(_))
-            ));
-        }
-    }
-
-    #[test]
-    fn conf_values_are_quoted() {
-        assert_eq!(conf_value("on"), "'on'");
-        assert_eq!(conf_value("it's"), "'it''s'");
-        assert_eq!(conf_value("'x'"), "'x'");
-        assert_eq!(quote_literal("a'b"), "'a''b'");
-        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -80,6 +80,7 @@ impl Session {
     }
 
     async fn handle_message(&mut self, tag: u8, frame: &[u8]) -> Result<Step, PgError> {
+        tracing::trace!(tag = %(tag as char), len = frame.len(), "client message");
         let body = &frame[5..];
         if self.skip_till_sync && tag != b'S' {
             return Ok(Step::Next);
@@ -303,6 +304,11 @@ impl Session {
     }
 
     async fn on_sync(&mut self, frame: &[u8]) -> Result<Step, PgError> {
+        if self.copy_in {
+            // PostgreSQL ignores Sync during COPY IN (libpq-style clients send one anyway).
+            self.sout.extend_from_slice(frame);
+            return Ok(Step::Next);
+        }
         self.skip_till_sync = false;
         self.stmt_started = None;
         if self.server.is_none() {

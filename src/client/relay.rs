@@ -81,6 +81,7 @@ impl Session {
     }
 
     fn route(&mut self, tag: u8, frame: &[u8]) -> Route {
+        tracing::trace!(tag = %(tag as char), pending = self.pending.len(), "server message");
         let body = &frame[5..];
         let front_swallows = matches!(
             self.pending.front().map(|u| &u.action),
@@ -114,7 +115,7 @@ impl Session {
             }
             _ => {}
         }
-        let Some(unit) = self.pending.front_mut() else {
+        let Some(unit) = self.pending.front() else {
             // Unsolicited: PostgreSQL sends a FATAL ErrorResponse before closing.
             if tag == b'E' {
                 self.server_broken = true;
@@ -125,21 +126,20 @@ impl Session {
                 format!("pgward: unexpected message '{}' from server", tag as char),
             ));
         };
-        let forward = match unit.action {
-            Action::Forward => true,
-            Action::Swallow => tag == b'E',
-            Action::Synthesize(_) => unreachable!("synthesized units are drained at the front"),
-        };
+        let (kind, sent, client_request) =
+            (unit.kind, unit.sent, matches!(unit.action, Action::Forward));
+        // Synthesized units never reach here: they are drained as soon as they are in front.
+        let forward = client_request || tag == b'E';
         // Per-statement latency and the command label, from completions of client requests.
-        if matches!(unit.action, Action::Forward) && matches!(tag, b'C' | b'E' | b'I' | b's') {
-            match unit.kind {
+        if client_request && matches!(tag, b'C' | b'E' | b'I' | b's') {
+            match kind {
                 Kind::Query => {
                     let now = Instant::now();
-                    let since = self.stmt_mark.replace(now).or(unit.sent).unwrap_or(now);
+                    let since = self.stmt_mark.replace(now).or(sent).unwrap_or(now);
                     self.labels.statement(command_of(tag, body), now - since);
                 }
                 Kind::Execute => {
-                    if let Some(sent) = unit.sent {
+                    if let Some(sent) = sent {
                         self.labels.statement(command_of(tag, body), sent.elapsed());
                     }
                 }
@@ -154,7 +154,12 @@ impl Session {
             }
         }
         match tag {
-            b'G' => self.copy_in = true,
+            b'G' => {
+                self.copy_in = true;
+                if kind == Kind::Execute {
+                    self.pending.forget_syncs_behind_front();
+                }
+            }
             b'Z' => {
                 self.status = body.first().copied().unwrap_or(b'I');
                 self.copy_in = false;
@@ -162,7 +167,7 @@ impl Session {
             b'C' | b'E' if self.copy_in => self.copy_in = false,
             _ => {}
         }
-        if !unit.kind.completed_by(tag) {
+        if !kind.completed_by(tag) {
             return if forward { Route::Forward } else { Route::Drop };
         }
         let Some(unit) = self.pending.pop() else {

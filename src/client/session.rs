@@ -108,6 +108,9 @@ pub enum End {
 impl Session {
     pub async fn run(mut self) -> End {
         let end = self.run_inner().await;
+        if let End::Fatal(e) = &end {
+            tracing::info!(client = self.info.id, user = %self.info.user, error = %e, "closing client connection");
+        }
         self.finish(&end).await;
         end
     }

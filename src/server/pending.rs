@@ -145,6 +145,17 @@ impl Pending {
         }
         None
     }
+    /// The server entered COPY IN mode for the request at the front: it ignores Sync
+    /// messages until the copy ends, so the Sync requests already sent get no answer.
+    pub fn forget_syncs_behind_front(&mut self) {
+        let mut first = true;
+        self.q.retain(|u| {
+            let keep = first || !(u.kind == Kind::Sync && matches!(u.action, Action::Forward));
+            first = false;
+            keep
+        });
+    }
+
     pub fn clear(&mut self) {
         self.q.clear();
     }

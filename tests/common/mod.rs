@@ -253,3 +253,77 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
 pub fn wait(d: Duration) -> tokio::time::Sleep {
     tokio::time::sleep(d)
 }
+
+/// Result of a pgbench run.
+pub struct Bench {
+    pub ok: bool,
+    pub tps: f64,
+    pub failed: u64,
+    pub output: String,
+}
+
+/// Run pgbench against `port` as `user` (password PASSWORD unless `password` given).
+pub fn pgbench(
+    pg: &TempPostgres,
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    args: &[&str],
+) -> Bench {
+    let out = Command::new(pg.bin_dir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(args)
+        .arg(db)
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "30")
+        .output()
+        .expect("run pgbench");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("number of failed transactions"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let aborted = text.lines().any(|l| l.contains("aborted"));
+    Bench {
+        ok: out.status.success() && !aborted,
+        tps,
+        failed,
+        output: text,
+    }
+}
+
+/// Initialise pgbench tables directly on PostgreSQL (as the upstream user).
+pub fn pgbench_init(pg: &TempPostgres, scale: u32) {
+    let b = pgbench(
+        pg,
+        pg.port(),
+        "pgward",
+        UPSTREAM_PASSWORD,
+        "app",
+        &["-i", "-q", "-s", &scale.to_string()],
+    );
+    assert!(b.ok, "pgbench -i failed: {}", b.output);
+}
+
+/// Seconds for load tests (PGWARD_LOAD_SECONDS, default 20).
+pub fn load_seconds() -> u64 {
+    std::env::var("PGWARD_LOAD_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}

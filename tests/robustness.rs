@@ -1,0 +1,222 @@
+//! Failure behaviour: cancel, clients dying mid-transaction, PostgreSQL restarts, malformed
+//! input, limits.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_right_backend() {
+    let h = Harness::start(Opts::default()).await;
+    let c = h.connect("app_user", "app").await;
+    let token = c.cancel_token();
+    let other = h.connect("app_user", "app").await;
+    let start = Instant::now();
+    let q = tokio::spawn(async move {
+        let r = c.simple_query("SELECT pg_sleep(30)").await;
+        (r.map(|_| ()), c)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, c) = q.await.unwrap();
+    assert_eq!(sqlstate(&r.unwrap_err()), "57014");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "cancel took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(scalar(&c, "SELECT 'still usable'").await, "still usable");
+    assert_eq!(scalar(&other, "SELECT 'other fine'").await, "other fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_client_releases_its_locks() {
+    let h = Harness::start(Opts::default()).await;
+    let setup = h.connect("app_user", "app").await;
+    setup.batch_execute("CREATE TABLE IF NOT EXISTS lockme (id int primary key); INSERT INTO lockme VALUES (1) ON CONFLICT DO NOTHING").await.unwrap();
+    let (a, conn) = tokio_postgres::connect(&h.url("app_user", "app"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(conn);
+    a.batch_execute("BEGIN; SELECT * FROM lockme WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    // Kill the client's connection abruptly.
+    conn_task.abort();
+    drop(a);
+    let b = h.connect("app_user", "app").await;
+    let start = Instant::now();
+    b.batch_execute(
+        "SET lock_timeout = '5s'; BEGIN; SELECT * FROM lockme WHERE id = 1 FOR UPDATE; COMMIT",
+    )
+    .await
+    .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "lock took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_gives_errors_then_recovers() {
+    let h = Harness::start(Opts::default()).await;
+    let c = h.connect("app_user", "app").await;
+    assert_eq!(scalar(&c, "SELECT 1").await, "1");
+    let busy = h.connect("app_user", "app").await;
+    let long =
+        tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(20)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pg = &h.pg;
+    tokio::task::block_in_place(|| pg.restart().unwrap());
+    // the client in a query gets an error, not a hang
+    let r = tokio::time::timeout(Duration::from_secs(10), long)
+        .await
+        .expect("no hang")
+        .unwrap();
+    let e = r.unwrap_err();
+    let code = sqlstate(&e);
+    assert!(
+        code == "57P01" || code == "08006" || e.is_closed() || code.starts_with("no sqlstate"),
+        "{e}"
+    );
+    // an idle client's next transaction works on a fresh server connection
+    let mut ok = false;
+    for _ in 0..20 {
+        match c.simple_query("SELECT 2").await {
+            Ok(rows) => {
+                assert_eq!(first_value(&rows), "2");
+                ok = true;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert!(ok, "no recovery after restart");
+    let c2 = h.connect("app_user", "app").await;
+    assert_eq!(scalar(&c2, "SELECT 3").await, "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_timeout_names_the_pool() {
+    let h = Harness::start(Opts {
+        size: 1,
+        checkout_timeout: "300ms",
+        ..Opts::default()
+    })
+    .await;
+    let a = h.connect("app_user", "app").await;
+    a.batch_execute("BEGIN").await.unwrap();
+    let b = h.connect("app_user", "app").await;
+    let e = b.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300");
+    assert!(
+        e.as_db_error().unwrap().message().contains("app/pgward"),
+        "{e}"
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(scalar(&b, "SELECT 'b goes on'").await, "b goes on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_client_connections_refuses_the_next() {
+    let h = Harness::start(Opts {
+        max_clients: 2,
+        ..Opts::default()
+    })
+    .await;
+    let _a = h.connect("app_user", "app").await;
+    let _b = h.connect("app_user", "app").await;
+    let e = connect(&h.url("app_user", "app")).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300");
+}
+
+fn raw(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Read until EOF or timeout; returns the bytes.
+fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn startup(user: &str, db: &str) -> Vec<u8> {
+    pgward::protocol::startup::encode_startup(&[("user", user), ("database", db)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_refused_and_others_keep_working() {
+    let h = Harness::start(Opts {
+        max_message_size: 64 * 1024,
+        ..Opts::default()
+    })
+    .await;
+    let port = h.port();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage",
+            b"\x16\x03\x01hello garbage that is not postgres".to_vec(),
+        ),
+        (
+            "2 GB startup packet",
+            vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
+        ),
+        ("tiny length", vec![0, 0, 0, 2]),
+        ("unknown protocol version", {
+            let mut v = 8u32.to_be_bytes().to_vec();
+            v.extend_from_slice(&0x0009_0000u32.to_be_bytes());
+            v
+        }),
+        (
+            "truncated startup",
+            startup("app_user", "app")[..10].to_vec(),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let bytes = bytes.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            let mut s = raw(port);
+            let _ = s.write_all(&bytes);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            read_all(&mut s)
+        })
+        .await
+        .unwrap();
+        assert!(
+            reply.is_empty() || reply[0] == b'E',
+            "{name}: unexpected reply {reply:?}"
+        );
+        let c = h.connect("app_user", "app").await;
+        assert_eq!(scalar(&c, "SELECT 1").await, "1", "after {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_messages_after_login() {
+    let h = Harness::start(Opts {
+        max_message_size: 64 * 1024,
+        ..Opts::default()
+    })
+    .await;
+    // Log in with trust-less SCRAM is complex by hand; use a real client for the session and
+    // check the limit with a query bigger than max_message_size.
+    let c = h.connect("app_user", "app").await;
+    let big = format!("SELECT '{}'", "x".repeat(100 * 1024));
+    let e = c.simple_query(&big).await.unwrap_err();
+    assert!(e.is_closed() || sqlstate(&e) == "54000", "{e}");
+    let c2 = h.connect("app_user", "app").await;
+    assert_eq!(scalar(&c2, "SELECT 'fine'").await, "fine");
+}
