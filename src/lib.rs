@@ -9,7 +9,7 @@
 //! - [`pool`]: pools, FIFO checkout, maintenance
 //! - [`tenancy`], [`sql`]: tenant resolution, context injection, statement classification
 //! - [`admin`], [`http`], [`metrics`]: observability
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;

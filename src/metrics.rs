@@ -258,18 +258,15 @@ pub fn error(code: &[u8]) {
         code.first().copied().unwrap_or(b'?'),
         code.get(1).copied().unwrap_or(b'?'),
     ];
-    match REGISTRY.get() {
-        Some(r) => {
-            let c = r
-                .errors
-                .entry(class)
-                .or_insert_with(|| {
-                    counter!("pgward_errors_total", "sqlstate_class" => String::from_utf8_lossy(&class).into_owned())
-                })
-                .clone();
-            c.increment(1);
-        }
-        None => {}
+    if let Some(r) = REGISTRY.get() {
+        let c = r
+            .errors
+            .entry(class)
+            .or_insert_with(|| {
+                counter!("pgward_errors_total", "sqlstate_class" => String::from_utf8_lossy(&class).into_owned())
+            })
+            .clone();
+        c.increment(1);
     }
 }
 

@@ -39,6 +39,8 @@ impl Session {
     pub(super) async fn process_client(&mut self) -> Result<bool, PgError> {
         let mut buf = std::mem::take(&mut self.cin);
         let mut consumed = 0;
+        // Re-examined on every call: held messages are retried once responses arrived.
+        self.hold = false;
         let result = loop {
             let rest = &buf[consumed..];
             let h = match Header::parse(rest, self.max_message) {
@@ -132,8 +134,8 @@ impl Session {
         }
     }
 
-    /// Decide whether the statement may run; `Some(replacement SQL)` if it must fail.
-    fn vet(&mut self, a: &Analysis) -> Option<String> {
+    /// Decide whether the statement may run; `Some(error)` if the proxy refuses it.
+    fn vet(&mut self, a: &Analysis) -> Option<PgError> {
         if let (Some(v), Some(t)) = (&a.violation, &self.tenant) {
             crate::metrics::rejected("tenant_guard");
             let what = match v {
@@ -141,9 +143,9 @@ impl Session {
                 Violation::Role => "changing the role or session authorization".to_string(),
                 Violation::ResetAll => "RESET ALL / DISCARD ALL".to_string(),
             };
-            return Some(raise_sql(
+            return Some(PgError::error(
                 "42501",
-                &format!(
+                format!(
                     "pgward: {what} is not allowed for tenant \"{}\": the tenant context is managed by the proxy",
                     t.tenant.id
                 ),
@@ -154,7 +156,7 @@ impl Session {
             && !session_dirt(a.flags).is_empty()
         {
             crate::metrics::rejected("session_state");
-            return Some(raise_sql(
+            return Some(PgError::error(
                 "0A000",
                 "pgward: statements that change session state are not allowed on this pool (session_state = \"reject\"); use SET LOCAL, or a session-mode pool",
             ));
@@ -193,9 +195,9 @@ impl Session {
             return Ok(step);
         }
         match replacement {
-            Some(r) => {
-                fe::put_query(&mut self.sout, r.as_bytes());
-                self.push_forward(Kind::Query);
+            Some(err) => {
+                fe::put_query(&mut self.sout, POISON);
+                self.push_replacing(Kind::Query, &err);
             }
             None => {
                 self.note_effects(a.flags);
@@ -215,27 +217,31 @@ impl Session {
         }
         self.unsynced = true;
         self.stmt_started.get_or_insert_with(Instant::now);
-        let rewritten;
-        let (frame, definition): (&[u8], &[u8]) = match &replacement {
-            Some(r) => {
-                // Same name and parameter types; the statement raises the error when executed.
-                let mut def = r.as_bytes().to_vec();
+        let poisoned;
+        let (definition, action) = match &replacement {
+            Some(err) => {
+                // Fails at Parse on the server, like a real error would (the transaction is
+                // aborted, later messages skipped to Sync); the client sees `err` instead.
+                let mut def = POISON.to_vec();
                 def.push(0);
                 def.extend_from_slice(&p.definition[p.query.len() + 1..]);
-                let mut f = BytesMut::new();
-                fe::put_parse(&mut f, p.name, &def);
-                rewritten = (f, def);
-                (&rewritten.0[..], &rewritten.1[..])
+                poisoned = def;
+                (&poisoned[..], replacement_action(err))
             }
             None => {
                 self.note_effects(a.flags);
-                (frame, p.definition)
+                (p.definition, Action::Forward)
             }
         };
         if self.mode == PoolMode::Transaction && !p.name.is_empty() {
-            return self.parse_named(p.name, definition);
+            return self.parse_named(p.name, definition, action);
         }
-        self.forward(frame, Kind::Parse);
+        if replacement.is_none() {
+            self.forward(frame, Kind::Parse);
+        } else {
+            fe::put_parse(&mut self.sout, p.name, definition);
+            self.pending.push(Kind::Parse, action);
+        }
         Ok(Step::Next)
     }
 
@@ -341,6 +347,18 @@ impl Session {
             stmt: None,
             name: None,
             sent,
+        });
+    }
+
+    /// Expect the responses of a substituted request whose error is replaced by `err`.
+    fn push_replacing(&mut self, kind: Kind, err: &PgError) {
+        let action = replacement_action(err);
+        self.pending.push_unit(Unit {
+            kind,
+            action,
+            stmt: None,
+            name: None,
+            sent: Some(Instant::now()),
         });
     }
 
@@ -457,10 +475,13 @@ pub(super) fn session_dirt(flags: Flags) -> Dirty {
     d
 }
 
-/// A statement that fails on the server with this SQLSTATE and message.
-pub(super) fn raise_sql(code: &str, message: &str) -> String {
-    let msg = message.replace('$', "").replace('\'', "''");
-    format!(
-        "DO $pgward$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{msg}'; END$pgward$"
-    )
+/// SQL that always fails at parse time on the server (a syntax error). Substituted for a
+/// refused statement so PostgreSQL applies its own error semantics to the transaction.
+const POISON: &[u8] = b"PGWARD_REFUSED_STATEMENT";
+
+fn replacement_action(err: &PgError) -> Action {
+    crate::metrics::error(err.code.as_bytes());
+    let mut b = BytesMut::new();
+    err.encode(&mut b);
+    Action::ReplaceError(b.freeze())
 }

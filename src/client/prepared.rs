@@ -17,7 +17,12 @@ use crate::server::pending::{Action, Kind, Unit};
 use crate::server::prepared::StatementDef;
 
 impl Session {
-    pub(super) fn parse_named(&mut self, name: &[u8], definition: &[u8]) -> Result<Step, PgError> {
+    pub(super) fn parse_named(
+        &mut self,
+        name: &[u8],
+        definition: &[u8],
+        action: Action,
+    ) -> Result<Step, PgError> {
         if self.statements.contains(name) {
             self.fail_extended(PgError::error(
                 "42P05",
@@ -46,7 +51,7 @@ impl Session {
             self.emit_local(|out| out.extend_from_slice(b"1\0\0\0\x04"));
             return Ok(Step::Next);
         }
-        self.prepare_on_server(&def, Action::Forward, Some(name));
+        self.prepare_on_server(&def, action, Some(name));
         Ok(Step::Next)
     }
 

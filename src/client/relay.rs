@@ -47,6 +47,13 @@ impl Session {
                     }
                     self.emit_synthesized();
                 }
+                Route::Replace(bytes) => {
+                    if let Some(start) = run.take() {
+                        self.cout.extend_from_slice(&buf[start..pos]);
+                    }
+                    self.cout.extend_from_slice(&bytes);
+                    self.emit_synthesized();
+                }
                 Route::Broken(e) => {
                     result = Err(e);
                     break;
@@ -126,8 +133,28 @@ impl Session {
                 format!("pgward: unexpected message '{}' from server", tag as char),
             ));
         };
-        let (kind, sent, client_request) =
-            (unit.kind, unit.sent, matches!(unit.action, Action::Forward));
+        let (kind, sent, client_request) = (
+            unit.kind,
+            unit.sent,
+            matches!(unit.action, Action::Forward | Action::ReplaceError(_)),
+        );
+        if tag == b'E' && matches!(unit.action, Action::ReplaceError(_)) {
+            // The substituted request failed as intended: the client sees the proxy's
+            // error instead; a Query still gets its ReadyForQuery, forwarded.
+            let replaced = match self.pending.front_mut() {
+                Some(u) => std::mem::replace(&mut u.action, Action::Forward),
+                None => Action::Forward,
+            };
+            if !kind.ends_block() {
+                if let Some(u) = self.pending.pop() {
+                    self.undo_statement(&u);
+                }
+                self.after_error(kind, false);
+            }
+            if let Action::ReplaceError(b) = replaced {
+                return Route::Replace(b);
+            }
+        }
         // Synthesized units never reach here: they are drained as soon as they are in front.
         let forward = client_request || tag == b'E';
         // Per-statement latency and the command label, from completions of client requests.
@@ -173,8 +200,20 @@ impl Session {
         let Some(unit) = self.pending.pop() else {
             return Route::Drop;
         };
-        if tag == b'E' && !unit.kind.ends_block() {
+        if tag == b'E' {
             self.undo_statement(&unit);
+            self.after_error(unit.kind, matches!(unit.action, Action::Swallow));
+        }
+        if forward {
+            Route::ForwardThenFlush
+        } else {
+            Route::Drop
+        }
+    }
+
+    /// After an ErrorResponse completed a request of `kind`: drop what the server will skip.
+    fn after_error(&mut self, kind: Kind, from_proxy: bool) {
+        if !kind.ends_block() {
             let statements = &mut self.statements;
             let server = self.server.as_mut();
             let mut undo_server = Vec::new();
@@ -194,16 +233,9 @@ impl Session {
             // The proxy's own request failed in front of a simple Query: the server now
             // ignores everything up to a Sync, so send one; its ReadyForQuery answers the
             // client's Query.
-            if matches!(unit.action, Action::Swallow)
-                && matches!(next, Some(Kind::Query) | Some(Kind::FunctionCall))
-            {
+            if from_proxy && matches!(next, Some(Kind::Query) | Some(Kind::FunctionCall)) {
                 put_sync(&mut self.sout);
             }
-        }
-        if forward {
-            Route::ForwardThenFlush
-        } else {
-            Route::Drop
         }
     }
 
@@ -225,6 +257,8 @@ enum Route {
     /// Copy the run including this message now (synthesized responses may follow).
     ForwardThenFlush,
     Drop,
+    /// Send these bytes instead of this message.
+    Replace(bytes::Bytes),
     Broken(PgError),
 }
 

@@ -33,10 +33,7 @@ impl Stream {
         let mut byte = [0u8; 1];
         let mut rb = ReadBuf::new(&mut byte);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(self).poll_read(&mut cx, &mut rb) {
-            Poll::Pending => false,
-            Poll::Ready(_) => true, // EOF, error, or unexpected data
-        }
+        Pin::new(self).poll_read(&mut cx, &mut rb).is_ready()
     }
 }
 

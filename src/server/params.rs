@@ -145,6 +145,17 @@ impl ServerParams {
                 }
             }
         }
+        // Settings a previous client had the proxy set, that this client does not want.
+        let stale: Vec<String> = self
+            .current
+            .iter()
+            .filter(|(l, _, _)| self.baseline.get(l).is_none() && !client.is_synced(l))
+            .map(|(l, _, _)| l.to_string())
+            .collect();
+        for lname in stale {
+            let _ = write!(sql, "RESET {};", quote_ident(&lname));
+            self.current.remove(&lname);
+        }
         sql.len() > start
     }
 

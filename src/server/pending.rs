@@ -54,6 +54,9 @@ pub enum Action {
     Forward,
     /// The proxy's own request: its responses are dropped, except errors.
     Swallow,
+    /// A request the proxy substituted so that it fails on the server (with PostgreSQL's own
+    /// effects on the transaction); its ErrorResponse is replaced by these bytes.
+    ReplaceError(Bytes),
     /// No request was sent; these bytes stand in for its response.
     Synthesize(Bytes),
 }
