@@ -73,19 +73,18 @@ fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Ok when every pool's upstream was proven reachable within [`READY_WINDOW`].
+/// Ok when every pool's upstream was proven reachable within [`READY_WINDOW`] and no
+/// connection attempt failed since.
 pub fn readiness(shared: &Shared) -> Result<(), String> {
     if shared.shutting_down.load(Ordering::Acquire) {
         return Err("shutting down".into());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    let now = crate::pool::now_ms();
     let mut bad = Vec::new();
     for p in shared.pools.iter() {
         let last = p.last_ok_ms.load(Ordering::Relaxed);
-        if last == 0 || now.saturating_sub(last) > READY_WINDOW.as_millis() as u64 {
+        let failed_since = p.last_error_ms.load(Ordering::Relaxed) > last;
+        if last == 0 || failed_since || now.saturating_sub(last) > READY_WINDOW.as_millis() as u64 {
             let why = p
                 .last_error
                 .lock()

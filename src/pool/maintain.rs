@@ -1,15 +1,16 @@
 //! Background upkeep of one pool, once a second: close idle connections past `idle_timeout`
 //! or `server_lifetime` (keeping `min_size`), drop dead ones, open connections up to
-//! `min_size`, and probe the upstream when nothing proved it alive recently (for `/ready`).
+//! `min_size`, and probe the upstream when nothing proved it alive recently (for `/ready`): when it holds no live connection and nothing succeeded for
+//! `PROBE_AFTER`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Pool;
+use super::{now_ms, Pool};
 
 /// How stale `last_ok_ms` may get before the maintenance task probes the upstream.
-pub const PROBE_AFTER: Duration = Duration::from_secs(10);
+pub const PROBE_AFTER: Duration = Duration::from_secs(2);
 
 pub fn spawn(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -75,11 +76,4 @@ pub async fn run_once(pool: &Arc<Pool>) {
         }
         drop(permit);
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }

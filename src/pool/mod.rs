@@ -67,6 +67,8 @@ pub struct Pool {
     baseline: Mutex<Option<Arc<ParamSet>>>,
     /// Unix time (ms) of the last successful connect or liveness check, for `/ready`.
     pub last_ok_ms: AtomicU64,
+    /// Unix time (ms) of the last failed connect.
+    pub last_error_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     paused: AtomicBool,
     resumed: Notify,
@@ -90,6 +92,7 @@ impl Pool {
             stats: PoolStats::default(),
             baseline: Mutex::new(None),
             last_ok_ms: AtomicU64::new(0),
+            last_error_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
@@ -201,6 +204,7 @@ impl Pool {
             Err(e) => {
                 tracing::warn!(pool = %self.label(), error = %e, "server connection failed");
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                self.last_error_ms.store(now_ms(), Ordering::Relaxed);
                 Err(CheckoutError::Connect {
                     pool: self.label(),
                     source: e,
@@ -210,11 +214,7 @@ impl Pool {
     }
 
     pub fn mark_ok(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        self.last_ok_ms.store(now, Ordering::Relaxed);
+        self.last_ok_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// The ParameterStatus set clients are told at login; connects once if none is known.
@@ -318,4 +318,12 @@ impl Drop for Checkout {
             self.pool.stats.closed_total.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }

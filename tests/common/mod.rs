@@ -85,6 +85,14 @@ role = "tenant_globex"
 pub struct Harness {
     pub pg: TempPostgres,
     pub proxy: Running,
+    /// The configuration file pgward was started from (RELOAD reads it again).
+    pub config_path: PathBuf,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config_path);
+    }
 }
 
 pub fn init_tracing() {
@@ -156,9 +164,20 @@ impl Harness {
         init_tracing();
         let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
         let text = config_text(pg.port(), &o);
-        let cfg = Config::from_toml(&text, &PathBuf::from("test.toml")).expect("config");
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let config_path = std::env::temp_dir().join(format!(
+            "pgward-test-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&config_path, &text).unwrap();
+        let cfg = Config::load(&config_path).expect("config");
         let proxy = pgward::run::start(cfg).await.expect("start pgward");
-        Harness { pg, proxy }
+        Harness {
+            pg,
+            proxy,
+            config_path,
+        }
     }
 
     pub fn port(&self) -> u16 {

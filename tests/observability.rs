@@ -1,0 +1,271 @@
+//! Metrics, health/readiness and the admin console, through real clients.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// Value of the sample whose name matches and whose labels include all of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn count(text: &str, tenant: &str, command: &str) -> f64 {
+    sample(
+        text,
+        "pgward_query_duration_seconds_count",
+        &[
+            ("database", "app"),
+            ("tenant", tenant),
+            ("command", command),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_statement_and_error() {
+    let h = Harness::start(Opts {
+        extra: format!("{TENANTS}\n[metrics]\ntenant_label_cap = 1\n"),
+        ..Opts::default()
+    })
+    .await;
+    let http = h.proxy.http_addr.unwrap();
+    let c = h.connect("app_user", "acme").await;
+    // make the acme label exist first (the cap is 1)
+    c.simple_query("SELECT 1").await.unwrap();
+    let before = tokio::task::block_in_place(|| http_get(http, "/metrics").1);
+    // simple
+    for _ in 0..3 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    // multi-statement
+    c.batch_execute(
+        "SELECT 1; SELECT 2; CREATE TEMP TABLE IF NOT EXISTS m (x int); INSERT INTO m VALUES (1)",
+    )
+    .await
+    .unwrap();
+    // extended
+    for i in 0..2i32 {
+        c.query_one("SELECT $1::int", &[&i]).await.unwrap();
+    }
+    // pipelined
+    let s = c.prepare("SELECT 42").await.unwrap();
+    let (a, b, d) = tokio::join!(
+        c.query_one(&s, &[]),
+        c.query_one(&s, &[]),
+        c.query_one(&s, &[])
+    );
+    a.unwrap();
+    b.unwrap();
+    d.unwrap();
+    // failing
+    for _ in 0..2 {
+        assert!(c.simple_query("SELECT 1/0").await.is_err());
+    }
+    // a second tenant beyond the cap
+    let g = h.connect("app_user", "globex").await;
+    g.simple_query("SELECT 1").await.unwrap();
+    let after = tokio::task::block_in_place(|| http_get(http, "/metrics").1);
+    let d = |t: &str, cmd: &str| count(&after, t, cmd) - count(&before, t, cmd);
+    assert_eq!(d("acme", "SELECT"), 3.0 + 2.0 + 2.0 + 3.0, "{after}");
+    assert_eq!(d("acme", "INSERT"), 1.0);
+    assert_eq!(d("acme", "DDL"), 1.0);
+    assert_eq!(d("acme", "OTHER"), 2.0, "failing statements");
+    let errs = |t: &str| sample(t, "pgward_errors_total", &[("sqlstate_class", "22")]);
+    assert_eq!(errs(&after) - errs(&before), 2.0);
+    assert!(
+        count(&after, "other", "SELECT") >= 1.0,
+        "globex folds into other"
+    );
+    assert_eq!(count(&after, "globex", "SELECT"), 0.0);
+    assert!(after.contains("pgward_checkout_wait_seconds_bucket"));
+    assert!(after.contains("pgward_transaction_duration_seconds_bucket"));
+    assert!(after.contains("pgward_server_connections{"));
+    // the guard counts rejections
+    assert!(c.simple_query("SET search_path = globex").await.is_err());
+    let last = tokio::task::block_in_place(|| http_get(http, "/metrics").1);
+    assert!(
+        sample(
+            &last,
+            "pgward_rejected_statements_total",
+            &[("reason", "tenant_guard")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_the_upstream() {
+    let h = Harness::start(Opts::default()).await;
+    let http = h.proxy.http_addr.unwrap();
+    let c = h.connect("app_user", "app").await;
+    c.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(
+        tokio::task::block_in_place(|| http_get(http, "/health")).0,
+        200
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| http_get(http, "/ready")).0,
+        200
+    );
+    let pg = &h.pg;
+    tokio::task::block_in_place(|| pg.stop().unwrap());
+    let mut status = (0, String::new());
+    for _ in 0..50 {
+        status = tokio::task::block_in_place(|| http_get(http, "/ready"));
+        if status.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status.0, 503, "{}", status.1);
+    assert!(status.1.contains("app"), "{}", status.1);
+    assert_eq!(
+        tokio::task::block_in_place(|| http_get(http, "/health")).0,
+        200
+    );
+    tokio::task::block_in_place(|| pg.start_again().unwrap());
+    for _ in 0..50 {
+        status = tokio::task::block_in_place(|| http_get(http, "/ready"));
+        if status.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status.0, 200, "{}", status.1);
+}
+
+fn admin(h: &Harness, sql: &str) -> (bool, String, String) {
+    h.psql("admin", "pgward", &["-c", sql])
+}
+
+fn columns(h: &Harness, sql: &str) -> String {
+    let out = std::process::Command::new(h.pg.bin_dir().join("psql"))
+        .arg(h.url("admin", "pgward"))
+        .args(["-X", "-A", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_console_commands() {
+    let h = Harness::start(Opts {
+        extra: TENANTS.to_string(),
+        ..Opts::default()
+    })
+    .await;
+    let c = h.connect("app_user", "acme").await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let cols = tokio::task::block_in_place(|| columns(&h, "SHOW POOLS"));
+    for want in [
+        "database",
+        "user",
+        "cl_active",
+        "cl_waiting",
+        "sv_active",
+        "sv_idle",
+        "sv_used",
+        "maxwait",
+        "pool_mode",
+    ] {
+        assert!(
+            cols.split('|').any(|c| c == want),
+            "SHOW POOLS lacks {want}: {cols}"
+        );
+    }
+    let cols = tokio::task::block_in_place(|| columns(&h, "SHOW STATS"));
+    for want in [
+        "database",
+        "total_xact_count",
+        "total_query_count",
+        "total_wait_time",
+    ] {
+        assert!(
+            cols.split('|').any(|c| c == want),
+            "SHOW STATS lacks {want}: {cols}"
+        );
+    }
+    let cols = tokio::task::block_in_place(|| columns(&h, "SHOW CLIENTS"));
+    for want in [
+        "type", "user", "database", "state", "addr", "port", "tenant",
+    ] {
+        assert!(
+            cols.split('|').any(|c| c == want),
+            "SHOW CLIENTS lacks {want}: {cols}"
+        );
+    }
+    let (ok, out, err) = tokio::task::block_in_place(|| admin(&h, "SHOW CLIENTS"));
+    assert!(ok, "{err}");
+    assert!(out.contains("|acme|"), "{out}");
+    let (ok, out, _) = tokio::task::block_in_place(|| admin(&h, "SHOW TENANTS"));
+    assert!(ok && out.contains("acme|app|acme, public"), "{out}");
+    for cmd in [
+        "SHOW SERVERS",
+        "SHOW CONFIG",
+        "SHOW VERSION",
+        "SHOW DATABASES",
+        "RELOAD",
+    ] {
+        let (ok, _, err) = tokio::task::block_in_place(|| admin(&h, cmd));
+        assert!(ok, "{cmd}: {err}");
+    }
+    let (ok, _, err) = tokio::task::block_in_place(|| admin(&h, "SHOW NONSENSE"));
+    assert!(!ok && err.contains("unknown SHOW command"), "{err}");
+    // PAUSE holds new transactions, RESUME releases them without errors
+    let (ok, _, err) = tokio::task::block_in_place(|| admin(&h, "PAUSE app"));
+    assert!(ok, "{err}");
+    let waiting = tokio::spawn(async move {
+        let r = c
+            .simple_query("SELECT 'resumed'")
+            .await
+            .map(|m| first_value(&m));
+        (r, c)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "PAUSE did not hold the transaction");
+    let (ok, _, err) = tokio::task::block_in_place(|| admin(&h, "RESUME app"));
+    assert!(ok, "{err}");
+    let (r, _c) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.unwrap(), "resumed");
+    // non-admin users are refused
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| h.psql("app_user", "pgward", &["-c", "SHOW POOLS"]));
+    assert!(!ok && err.contains("admin_users"), "{err}");
+}
