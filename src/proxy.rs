@@ -45,6 +45,10 @@ pub struct Shared {
     /// Key for mock SCRAM salts of unknown users (random per process).
     pub mock_key: [u8; 32],
     pub tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
+    /// Tenants loaded by `tenant_query` (last good set).
+    pub loaded_tenants: ArcSwap<Vec<Arc<crate::config::Tenant>>>,
+    /// Wakes the tenant refresher (RELOAD).
+    pub tenant_refresh: Notify,
     /// SCRAM verifiers derived from plaintext passwords (PBKDF2 is slow: once per user).
     plain_verifiers: DashMap<String, (String, crate::auth::ScramVerifier)>,
 }
@@ -56,7 +60,9 @@ impl Shared {
             None => None,
         };
         let shared = Arc::new(Shared {
-            tenants: ArcSwap::from_pointee(TenantContexts::build(&config)),
+            tenants: ArcSwap::from_pointee(TenantContexts::build(&config, &[])),
+            loaded_tenants: ArcSwap::from_pointee(Vec::new()),
+            tenant_refresh: Notify::new(),
             config: ArcSwap::from_pointee(config),
             pools: DashMap::new(),
             cancels: CancelRegistry::default(),
@@ -133,8 +139,12 @@ impl Shared {
             None => None,
         };
         self.tls.store(Arc::new(tls));
-        self.tenants.store(Arc::new(TenantContexts::build(&new)));
+        self.tenants.store(Arc::new(TenantContexts::build(
+            &new,
+            &self.loaded_tenants.load(),
+        )));
         self.config.store(Arc::new(new));
+        self.tenant_refresh.notify_waiters();
         self.sync_pools();
         Ok(())
     }

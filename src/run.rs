@@ -53,6 +53,11 @@ pub async fn start(config: Config) -> Result<Running, String> {
     };
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Shared::new(config)?;
+    if let Some(tq) = shared.config().tenant_query.clone() {
+        // The first load completes before clients are accepted, so tenants exist at start.
+        let c = shared.config();
+        crate::tenancy::source::refresh(&shared, &c, &tq).await;
+    }
     let mut tasks = Vec::new();
     let s = shared.clone();
     tasks.push(tokio::spawn(async move {
@@ -78,6 +83,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     if let Some(l) = http {
         tasks.push(tokio::spawn(crate::http::serve(l, shared.clone())));
     }
+    tasks.extend(crate::tenancy::source::spawn(shared.clone()));
     let s = shared.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));

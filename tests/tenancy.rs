@@ -356,3 +356,87 @@ async fn unknown_tenants_and_foreign_users_are_refused() {
         "acme"
     );
 }
+
+/// Tenants from a SQL table: added and removed without restarting pgward; a failed refresh
+/// keeps the last good set. Also tenants added to the file by RELOAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_registry_refresh_adds_and_removes_tenants() {
+    let pg_url_placeholder = "postgres://nobody@127.0.0.1:1/none?sslmode=disable";
+    let h = Harness::start(Opts {
+        extra: format!(
+            "{TENANTS}\n[tenant_query]\nupstream = \"{pg_url_placeholder}\"\nrefresh = \"300ms\"\n"
+        ),
+        ..Opts::default()
+    })
+    .await;
+    // point tenant_query at the test's PostgreSQL (port known only now) and reload
+    let direct = h.connect_direct().await;
+    direct
+        .batch_execute("CREATE TABLE pgward_tenants (id text, database text, search_path text, settings text, role text, users text)")
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&h.config_path)
+        .unwrap()
+        .replace(pg_url_placeholder, &h.direct_url("app"));
+    std::fs::write(&h.config_path, text).unwrap();
+    let (ok, _, err) = tokio::task::block_in_place(|| h.psql("admin", "pgward", &["-c", "RELOAD"]));
+    assert!(ok, "{err}");
+    assert!(connect(&h.url("app_user", "t9")).await.is_err());
+    direct
+        .batch_execute(r#"INSERT INTO pgward_tenants VALUES ('t9', 'app', 'globex,public', '{"app.tenant_id": "t9"}', NULL, NULL)"#)
+        .await
+        .unwrap();
+    let mut c = None;
+    for _ in 0..30 {
+        if let Ok(cl) = connect(&h.url("app_user", "t9")).await {
+            c = Some(cl);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = c.expect("tenant t9 appeared");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT current_setting('search_path') || '|' || current_setting('app.tenant_id')"
+        )
+        .await,
+        "globex, public|t9"
+    );
+    // a broken control query keeps the last good set
+    direct
+        .batch_execute("ALTER TABLE pgward_tenants RENAME TO pgward_tenants_gone")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        connect(&h.url("app_user", "t9")).await.is_ok(),
+        "last good set kept"
+    );
+    direct
+        .batch_execute(
+            "ALTER TABLE pgward_tenants_gone RENAME TO pgward_tenants; DELETE FROM pgward_tenants",
+        )
+        .await
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..30 {
+        if connect(&h.url("app_user", "t9")).await.is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "tenant t9 removed");
+    // the existing client keeps working with its context
+    assert_eq!(
+        scalar(&c, "SELECT current_setting('app.tenant_id')").await,
+        "t9"
+    );
+    // file tenants still there
+    let a = h.connect("app_user", "acme").await;
+    assert_eq!(
+        scalar(&a, "SELECT current_setting('app.tenant_id')").await,
+        "acme"
+    );
+}

@@ -206,7 +206,6 @@ fn stats(shared: &Shared) -> Table {
 }
 
 fn tenants(shared: &Shared) -> Table {
-    let cfg = shared.config();
     let mut t = Table::new(&[
         "tenant",
         "database",
@@ -216,14 +215,12 @@ fn tenants(shared: &Shared) -> Table {
         "users",
         "clients",
     ]);
-    let mut ids: Vec<_> = cfg.tenants.keys().collect();
-    ids.sort();
-    for id in ids {
-        let ten = &cfg.tenants[id];
+    for ten in shared.tenants.load().sorted() {
+        let id = &ten.id;
         let clients = shared
             .clients
             .iter()
-            .filter(|c| c.tenant.as_deref() == Some(id))
+            .filter(|c| c.tenant.as_ref() == Some(id))
             .count();
         t.row(vec![
             s(id),

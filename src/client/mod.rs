@@ -167,7 +167,7 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         }
         out.clear();
     }
-    let resolved = match resolve(&cfg, &msg) {
+    let resolved = match resolve(&cfg, &shared.tenants.load(), &msg) {
         Ok(r) => r,
         Err(e) => {
             send_error(&mut stream, e).await;

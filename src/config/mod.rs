@@ -114,6 +114,13 @@ pub struct MetricsSettings {
     pub slow_statement_threshold: Option<Duration>,
 }
 
+#[derive(Debug, Clone)]
+pub struct TenantQuery {
+    pub upstream: String,
+    pub query: String,
+    pub refresh: Duration,
+}
+
 #[derive(Debug)]
 pub struct Config {
     pub path: PathBuf,
@@ -129,6 +136,7 @@ pub struct Config {
     pub tenants: HashMap<String, Arc<Tenant>>,
     pub tls: Option<TlsSettings>,
     pub metrics: MetricsSettings,
+    pub tenant_query: Option<TenantQuery>,
     /// The raw form, for `check-config` and `SHOW CONFIG`.
     pub raw: RawConfig,
 }

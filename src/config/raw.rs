@@ -38,6 +38,27 @@ pub struct RawConfig {
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub tenant_query: Option<RawTenantQuery>,
+}
+
+/// Tenants loaded from a SQL table in a control database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantQuery {
+    /// libpq URL of the control database (no TLS: sslmode=disable or prefer).
+    pub upstream: String,
+    #[serde(default = "default_tenant_query")]
+    pub query: String,
+    #[serde(default = "default_tenant_refresh")]
+    pub refresh: String,
+}
+
+fn default_tenant_query() -> String {
+    "SELECT id, database, search_path, settings, role, users FROM pgward_tenants".into()
+}
+fn default_tenant_refresh() -> String {
+    "30s".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -456,6 +477,17 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             None => None,
         },
     };
+    let tenant_query = match &raw.tenant_query {
+        None => None,
+        Some(q) => {
+            Upstream::parse(&q.upstream).map_err(|m| err("tenant_query.upstream".into(), m))?;
+            Some(TenantQuery {
+                upstream: q.upstream.clone(),
+                query: q.query.clone(),
+                refresh: dur("tenant_query.refresh", &q.refresh)?,
+            })
+        }
+    };
     if !matches!(raw.log_format.as_str(), "human" | "json") {
         return Err(err(
             "log_format".into(),
@@ -486,6 +518,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         tenants,
         tls,
         metrics,
+        tenant_query,
         raw,
     })
 }

@@ -54,21 +54,26 @@ pub struct TenantContexts {
 }
 
 impl TenantContexts {
-    pub fn build(cfg: &Config) -> TenantContexts {
+    /// The configured tenants plus `loaded` ones (from `tenant_query`; the file wins when an
+    /// id is in both).
+    pub fn build(cfg: &Config, loaded: &[Arc<Tenant>]) -> TenantContexts {
+        let all: HashMap<&str, &Arc<Tenant>> = loaded
+            .iter()
+            .map(|t| (t.id.as_str(), t))
+            .chain(cfg.tenants.values().map(|t| (t.id.as_str(), t)))
+            .collect();
         // Any tenant's setting is protected for every tenant: a client must not be able to
         // set another tenant's key either.
         let protected: Arc<BTreeSet<String>> = Arc::new(
-            cfg.tenants
-                .values()
+            all.values()
                 .flat_map(|t| t.settings.keys().cloned())
                 .collect(),
         );
-        let by_id = cfg
-            .tenants
-            .values()
-            .map(|t| {
+        let by_id = all
+            .into_iter()
+            .map(|(id, t)| {
                 (
-                    t.id.clone(),
+                    id.to_string(),
                     Arc::new(build_one(t.clone(), protected.clone())),
                 )
             })
@@ -78,8 +83,20 @@ impl TenantContexts {
     pub fn get(&self, id: &str) -> Option<&Arc<TenantCtx>> {
         self.by_id.get(id)
     }
-    pub fn insert(&mut self, ctx: TenantCtx) {
-        self.by_id.insert(ctx.tenant.id.clone(), Arc::new(ctx));
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.by_id.get(id).map(|c| c.tenant.clone())
+    }
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+    /// Tenants sorted by id.
+    pub fn sorted(&self) -> Vec<Arc<Tenant>> {
+        let mut v: Vec<_> = self.by_id.values().map(|c| c.tenant.clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod context;
 pub mod resolve;
+pub mod source;
 
 pub use context::{TenantContexts, TenantCtx};
 pub use resolve::{resolve, Resolved};

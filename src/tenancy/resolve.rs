@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::config::{Config, Tenant};
 use crate::protocol::backend::PgError;
 use crate::protocol::startup::StartupMessage;
+use crate::tenancy::TenantContexts;
 
 #[derive(Debug)]
 pub struct Resolved {
@@ -21,7 +22,11 @@ pub struct Resolved {
 
 pub const ADMIN_DB: &str = "pgward";
 
-pub fn resolve(cfg: &Config, m: &StartupMessage) -> Result<Resolved, PgError> {
+pub fn resolve(
+    cfg: &Config,
+    tenants: &TenantContexts,
+    m: &StartupMessage,
+) -> Result<Resolved, PgError> {
     let raw_user = m.get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
         PgError::fatal(
             "28000",
@@ -74,7 +79,7 @@ pub fn resolve(cfg: &Config, m: &StartupMessage) -> Result<Resolved, PgError> {
     let mut tenant = None;
     // 1. database alias
     if cfg.database(raw_db).is_none() {
-        if let Some(t) = cfg.tenants.get(raw_db) {
+        if let Some(t) = tenants.tenant(raw_db) {
             database = t.database.clone();
             tenant = Some(t.clone());
         }
@@ -84,8 +89,8 @@ pub fn resolve(cfg: &Config, m: &StartupMessage) -> Result<Resolved, PgError> {
         if let Some((base, tid)) = raw_user.rsplit_once('.') {
             if cfg.users.contains_key(base) {
                 user = base.to_string();
-                match cfg.tenants.get(tid) {
-                    Some(t) if tenant.is_none() => tenant = Some(t.clone()),
+                match tenants.tenant(tid) {
+                    Some(t) if tenant.is_none() => tenant = Some(t),
                     Some(_) => {}
                     None => {
                         return Err(PgError::fatal(
@@ -101,8 +106,8 @@ pub fn resolve(cfg: &Config, m: &StartupMessage) -> Result<Resolved, PgError> {
     }
     // 3. startup option
     if let Some(tid) = option_tenant {
-        match cfg.tenants.get(&tid) {
-            Some(t) if tenant.is_none() => tenant = Some(t.clone()),
+        match tenants.tenant(&tid) {
+            Some(t) if tenant.is_none() => tenant = Some(t),
             Some(_) => {}
             None => {
                 return Err(PgError::fatal(
@@ -222,6 +227,10 @@ mod tests {
             search_path = ["acme"]
         "#;
         Config::from_toml(toml, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    fn resolve(c: &Config, m: &StartupMessage) -> Result<Resolved, PgError> {
+        super::resolve(c, &TenantContexts::build(c, &[]), m)
     }
 
     fn msg(params: &[(&str, &str)]) -> StartupMessage {
