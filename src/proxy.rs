@@ -44,7 +44,7 @@ pub struct Shared {
     pub shutdown: Notify,
     /// Key for mock SCRAM salts of unknown users (random per process).
     pub mock_key: [u8; 32],
-    pub tls: ArcSwap<Option<Arc<rustls::ServerConfig>>>,
+    pub tls: ArcSwap<Option<crate::net::tls::ServerTls>>,
     /// Tenants loaded by `tenant_query` (last good set).
     pub loaded_tenants: ArcSwap<Vec<Arc<crate::config::Tenant>>>,
     /// Wakes the tenant refresher (RELOAD).

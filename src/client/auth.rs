@@ -36,6 +36,7 @@ pub async fn authenticate(
     shared: &Shared,
     cfg: &Config,
     user_name: &str,
+    tls_endpoint: Option<Vec<u8>>,
 ) -> Result<Arc<User>, PgError> {
     let user = cfg.users.get(user_name).cloned();
     let method = user
@@ -53,7 +54,14 @@ pub async fn authenticate(
             scram(
                 stream,
                 buf,
-                ScramServer::new(verifier, mock, ChannelBinding::None),
+                ScramServer::new(
+                    verifier,
+                    mock,
+                    match tls_endpoint {
+                        Some(h) => ChannelBinding::TlsServerEndPoint(h),
+                        None => ChannelBinding::None,
+                    },
+                ),
             )
             .await?
         }

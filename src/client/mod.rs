@@ -78,6 +78,7 @@ pub async fn handle(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
 async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -> Option<Session> {
     let mut buf = BytesMut::with_capacity(256);
     let cfg = shared.config();
+    let mut binding = None;
     let msg = loop {
         let packet = match read_startup(&mut stream, &mut buf).await {
             Ok(Some(p)) => p,
@@ -108,11 +109,14 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
                         let Stream::Tcp(tcp) = stream else {
                             return None;
                         };
-                        match tokio_rustls::TlsAcceptor::from(tc.clone())
+                        match tokio_rustls::TlsAcceptor::from(tc.config.clone())
                             .accept(tcp)
                             .await
                         {
-                            Ok(tls) => stream = Stream::ServerTls(Box::new(tls)),
+                            Ok(tls) => {
+                                stream = Stream::ServerTls(Box::new(tls));
+                                binding = Some(tc.endpoint.clone());
+                            }
                             Err(e) => {
                                 tracing::debug!(%addr, error = %e, "client TLS handshake failed");
                                 return None;
@@ -174,7 +178,16 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
             return None;
         }
     };
-    let user = match auth::authenticate(&mut stream, &mut buf, shared, &cfg, &resolved.user).await {
+    let user = match auth::authenticate(
+        &mut stream,
+        &mut buf,
+        shared,
+        &cfg,
+        &resolved.user,
+        binding,
+    )
+    .await
+    {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(%addr, user = %resolved.user, code = %e.code, "client authentication failed");

@@ -22,8 +22,16 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The client-facing TLS configuration and the certificate's `tls-server-end-point` channel
+/// binding data (SHA-256 of the leaf certificate, RFC 5929; certificates signed with SHA-384
+/// or SHA-512 would need that hash instead and are not supported for SCRAM-SHA-256-PLUS).
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub endpoint: Vec<u8>,
+}
+
 /// Build the client-facing TLS server configuration from PEM files.
-pub fn server_config(t: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(t: &TlsSettings) -> Result<ServerTls, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
         .map_err(|e| format!("tls.cert {}: {e}", t.cert.display()))?
         .collect::<Result<_, _>>()
@@ -34,6 +42,7 @@ pub fn server_config(t: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, Strin
             t.cert.display()
         ));
     }
+    let leaf = certs[0].to_vec();
     let key = PrivateKeyDer::from_pem_file(&t.key)
         .map_err(|e| format!("tls.key {}: {e}", t.key.display()))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -57,7 +66,10 @@ pub fn server_config(t: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, Strin
         .with_single_cert(certs, key)
         .map_err(|e| format!("tls.cert/tls.key: {e}"))?;
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok(ServerTls {
+        config: Arc::new(cfg),
+        endpoint: <sha2::Sha256 as sha2::Digest>::digest(&leaf).to_vec(),
+    })
 }
 
 fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {

@@ -51,6 +51,10 @@ pub struct Opts {
     pub extra: String,
     pub max_clients: usize,
     pub max_message_size: usize,
+    /// Query string of the upstream URL.
+    pub upstream_params: String,
+    /// Extra postgresql.conf settings for the test's PostgreSQL.
+    pub pg_conf: Vec<(String, String)>,
 }
 
 impl Default for Opts {
@@ -63,6 +67,8 @@ impl Default for Opts {
             extra: String::new(),
             max_clients: 10_000,
             max_message_size: 64 << 20,
+            upstream_params: "sslmode=disable".into(),
+            pg_conf: Vec::new(),
         }
     }
 }
@@ -106,8 +112,13 @@ pub fn init_tracing() {
 }
 
 pub fn start_pg() -> TempPostgres {
+    start_pg_with(Vec::new())
+}
+
+pub fn start_pg_with(mut conf: Vec<(String, String)>) -> TempPostgres {
+    conf.push(("max_connections".into(), "300".into()));
     let pg = TempPostgres::start(PgOptions {
-        extra_conf: vec![("max_connections".into(), "300".into())],
+        extra_conf: conf,
         ..PgOptions::default()
     })
     .expect("start PostgreSQL");
@@ -131,7 +142,7 @@ max_client_connections = {maxc}
 
 [[databases]]
 name = "app"
-upstream = "postgres://pgward:{up}@127.0.0.1:{pg_port}/app?sslmode=disable"
+upstream = "postgres://pgward:{up}@127.0.0.1:{pg_port}/app?{upq}"
 
 [[users]]
 name = "app_user"
@@ -154,6 +165,7 @@ password = "{pw}"
         ss = o.session_state,
         maxc = o.max_clients,
         up = UPSTREAM_PASSWORD,
+        upq = o.upstream_params,
         pw = PASSWORD,
         extra = o.extra,
     )
@@ -162,7 +174,10 @@ password = "{pw}"
 impl Harness {
     pub async fn start(o: Opts) -> Harness {
         init_tracing();
-        let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+        let conf = o.pg_conf.clone();
+        let pg = tokio::task::spawn_blocking(move || start_pg_with(conf))
+            .await
+            .unwrap();
         let text = config_text(pg.port(), &o);
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let config_path = std::env::temp_dir().join(format!(

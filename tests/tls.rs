@@ -1,0 +1,200 @@
+//! TLS on both sides, with certificates made by the test (openssl), and real clients (psql).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A CA and a certificate for localhost / 127.0.0.1 signed by it, in a temp dir readable by
+/// the postgres OS user (the key is owned by it when we are root).
+fn make_certs() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pgward-tls-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pgward test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in ["ca.crt", "server.crt"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    if is_root() {
+        let id = |flag: &str| -> u32 {
+            let o = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+        };
+        std::os::unix::fs::chown(dir.join("server.key"), Some(id("-u")), Some(id("-g"))).unwrap();
+    }
+    dir
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn psql_conn(bin: &Path, conninfo: &str, sql: &str) -> (bool, String, String) {
+    let out = Command::new(bin.join("psql"))
+        .args([conninfo, "-X", "-A", "-t", "-c", sql])
+        .env_remove("PGSSLMODE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_both_sides() {
+    let certs = make_certs();
+    let d = certs.display();
+    let h = Harness::start(Opts {
+        extra: format!(
+            "\n[tls]\ncert = \"{d}/server.crt\"\nkey = \"{d}/server.key\"\nclient_tls = \"require\"\n"
+        ),
+        upstream_params: format!("sslmode=verify-full&sslrootcert={d}/ca.crt"),
+        pg_conf: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), format!("{d}/server.crt")),
+            ("ssl_key_file".into(), format!("{d}/server.key")),
+        ],
+        ..Opts::default()
+    })
+    .await;
+    let bin = h.pg.bin_dir().to_path_buf();
+    let port = h.port();
+    let base = format!("host=127.0.0.1 port={port} user=app_user password={PASSWORD} dbname=app");
+    tokio::task::block_in_place(|| {
+        // encrypted client connection, server verified by the client
+        let (ok, out, err) = psql_conn(
+            &bin,
+            &format!("{base} sslmode=verify-full sslrootcert={d}/ca.crt"),
+            "SELECT 'tls ok'",
+        );
+        assert!(ok, "{err}");
+        assert_eq!(out, "tls ok");
+        // SCRAM-SHA-256-PLUS with channel binding
+        let (ok, out, err) = psql_conn(
+            &bin,
+            &format!("{base} sslmode=require channel_binding=require"),
+            "SELECT 'bound'",
+        );
+        assert!(ok, "{err}");
+        assert_eq!(out, "bound");
+        // plaintext refused with 28000 and a clear message
+        let (ok, _, err) = psql_conn(&bin, &format!("{base} sslmode=disable"), "SELECT 1");
+        assert!(!ok);
+        assert!(err.contains("TLS is required"), "{err}");
+        // wrong password still fails over TLS
+        let (ok, _, err) = psql_conn(
+            &bin,
+            &format!(
+                "host=127.0.0.1 port={port} user=app_user password=nope dbname=app sslmode=require"
+            ),
+            "SELECT 1",
+        );
+        assert!(
+            !ok && err.contains("password authentication failed"),
+            "{err}"
+        );
+    });
+    // the server side is encrypted too: the backend serving a pgward client uses TLS
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = psql_conn(
+            &bin,
+            &format!("{base} sslmode=require"),
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        );
+        assert!(ok, "{err}");
+        assert_eq!(out, "t");
+    });
+    let _ = std::fs::remove_dir_all(&certs);
+}
