@@ -121,5 +121,10 @@ fn publish_gauges(shared: &Shared) {
             p.stats.active.load(Ordering::Relaxed) as f64,
             p.stats.idle.load(Ordering::Relaxed) as f64,
         );
+        let (max, total) = p.prepared_counts();
+        let db = p.name().to_string();
+        metrics::gauge!("pgward_server_prepared_statements", "database" => db.clone(), "stat" => "max").set(max as f64);
+        metrics::gauge!("pgward_server_prepared_statements", "database" => db, "stat" => "total")
+            .set(total as f64);
     }
 }

@@ -178,6 +178,18 @@ fn describe() {
         "Statements refused by the proxy, by reason"
     );
     describe_counter!("pgward_bytes_total", "Bytes relayed, by direction");
+    describe_counter!(
+        "pgward_prepared_statements_issued_total",
+        "Parse messages the proxy sent to prepare a shared statement on a server connection"
+    );
+    describe_counter!(
+        "pgward_prepared_statement_cache_hits_total",
+        "Client Parse/Bind/Describe of a named statement already prepared on the server connection"
+    );
+    describe_gauge!(
+        "pgward_server_prepared_statements",
+        "Prepared statements on idle server connections (stat = max | total)"
+    );
 }
 
 /// Handles for a client of `database` in `tenant` (None: no tenant).
@@ -267,6 +279,23 @@ pub fn error(code: &[u8]) {
             })
             .clone();
         c.increment(1);
+    }
+}
+
+/// Prepared-statement events (transaction mode): a Parse the proxy sent to a server
+/// connection, or a statement that was already there.
+pub fn prepared(hit: bool) {
+    static HANDLES: OnceLock<(Counter, Counter)> = OnceLock::new();
+    let (issued, hits) = HANDLES.get_or_init(|| {
+        (
+            counter!("pgward_prepared_statements_issued_total"),
+            counter!("pgward_prepared_statement_cache_hits_total"),
+        )
+    });
+    if hit {
+        hits.increment(1);
+    } else {
+        issued.increment(1);
     }
 }
 

@@ -106,6 +106,20 @@ async fn metrics_count_every_statement_and_error() {
     assert!(after.contains("pgward_checkout_wait_seconds_bucket"));
     assert!(after.contains("pgward_transaction_duration_seconds_bucket"));
     assert!(after.contains("pgward_server_connections{"));
+    assert!(
+        sample(&after, "pgward_prepared_statements_issued_total", &[]) >= 1.0
+            || after.contains("pgward_prepared_statements_issued_total ")
+    );
+    let hits = after
+        .lines()
+        .find(|l| l.starts_with("pgward_prepared_statement_cache_hits_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        hits >= 2.0,
+        "pipelined executions of one prepared statement hit the cache"
+    );
     // the guard counts rejections
     assert!(c.simple_query("SET search_path = globex").await.is_err());
     let last = tokio::task::block_in_place(|| http_get(http, "/metrics").1);

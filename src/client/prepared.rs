@@ -48,6 +48,7 @@ impl Session {
             return Ok(Step::Next);
         };
         if co.conn().statements.contains(def.id) {
+            crate::metrics::prepared(true);
             self.emit_local(|out| out.extend_from_slice(b"1\0\0\0\x04"));
             return Ok(Step::Next);
         }
@@ -60,7 +61,9 @@ impl Session {
     pub(super) fn ensure_prepared(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
         let def = self.statements.get(name)?.clone();
         let co = self.server.as_mut()?;
-        if !co.conn().statements.contains(def.id) {
+        if co.conn().statements.contains(def.id) {
+            crate::metrics::prepared(true);
+        } else {
             self.prepare_on_server(&def, Action::Swallow, None);
         }
         Some(def)
@@ -80,6 +83,7 @@ impl Session {
             fe::put_target(&mut self.sout, b'C', b'S', &victim.name);
             self.pending.push(Kind::Close, Action::Swallow);
         }
+        crate::metrics::prepared(false);
         fe::put_parse(&mut self.sout, &def.name, &def.definition);
         self.pending.push_unit(Unit {
             kind: Kind::Parse,

@@ -279,6 +279,15 @@ impl Pool {
         self.db.pool.size - self.sem.available_permits()
     }
 
+    /// (max, total) prepared statements over idle connections.
+    pub fn prepared_counts(&self) -> (usize, usize) {
+        self.with_idle(|idle| {
+            idle.iter()
+                .map(|c| c.statements.len())
+                .fold((0, 0), |(m, t), n| (m.max(n), t + n))
+        })
+    }
+
     /// Snapshot of idle connections for SHOW SERVERS: (id, pid, created, last_used).
     pub fn idle_snapshot(&self) -> Vec<(u64, i32, Instant, Instant)> {
         self.idle
