@@ -49,6 +49,8 @@ pub struct Shared {
     pub loaded_tenants: ArcSwap<Vec<Arc<crate::config::Tenant>>>,
     /// Wakes the tenant refresher (RELOAD).
     pub tenant_refresh: Notify,
+    /// Recent authentication failures per source address: (count, last failure).
+    auth_failures: DashMap<std::net::IpAddr, (u32, Instant)>,
     /// SCRAM verifiers derived from plaintext passwords (PBKDF2 is slow: once per user).
     plain_verifiers: DashMap<String, (String, crate::auth::ScramVerifier)>,
 }
@@ -62,6 +64,7 @@ impl Shared {
         let shared = Arc::new(Shared {
             tenants: ArcSwap::from_pointee(TenantContexts::build(&config, &[])),
             loaded_tenants: ArcSwap::from_pointee(Vec::new()),
+            auth_failures: DashMap::new(),
             tenant_refresh: Notify::new(),
             config: ArcSwap::from_pointee(config),
             pools: DashMap::new(),
@@ -97,6 +100,33 @@ impl Shared {
         self.plain_verifiers
             .insert(user.to_string(), (password.to_string(), v.clone()));
         v
+    }
+
+    /// Record a failed authentication from `ip`; returns how long to wait before answering:
+    /// nothing for the first two failures within a minute, then 100 ms doubling up to 3 s.
+    pub fn auth_failed(&self, ip: std::net::IpAddr) -> std::time::Duration {
+        if self.auth_failures.len() > 100_000 {
+            self.auth_failures.clear();
+        }
+        let mut e = self.auth_failures.entry(ip).or_insert((0, Instant::now()));
+        if e.1.elapsed() > std::time::Duration::from_secs(60) {
+            e.0 = 0;
+        }
+        e.0 = e.0.saturating_add(1);
+        e.1 = Instant::now();
+        let n = e.0;
+        drop(e);
+        if n < 3 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_millis(100u64.saturating_mul(1 << (n - 3).min(5)))
+            .min(std::time::Duration::from_secs(3))
+    }
+
+    pub fn auth_succeeded(&self, ip: std::net::IpAddr) {
+        if !self.auth_failures.is_empty() {
+            self.auth_failures.remove(&ip);
+        }
     }
 
     pub fn config(&self) -> Arc<Config> {

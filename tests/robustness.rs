@@ -220,3 +220,37 @@ async fn oversized_and_malformed_messages_after_login() {
     let c2 = h.connect("app_user", "app").await;
     assert_eq!(scalar(&c2, "SELECT 'fine'").await, "fine");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_and_failure_slowdown() {
+    let h = Harness::start(Opts {
+        extra: "\n[[access]]\nuser = \"md5_user\"\naction = \"reject\"\n\n[[access]]\nsource = \"127.0.0.0/8\"\nmethods = [\"scram-sha-256\"]\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let c = h.connect("app_user", "app").await;
+    assert_eq!(scalar(&c, "SELECT 1").await, "1");
+    let e = connect(&h.url("md5_user", "app")).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "28000");
+    assert!(
+        e.as_db_error().unwrap().message().contains("access rule"),
+        "{e}"
+    );
+    // repeated failures are slowed down
+    let bad = format!(
+        "postgres://app_user:nope@127.0.0.1:{}/app?sslmode=disable",
+        h.port()
+    );
+    for _ in 0..3 {
+        let _ = connect(&bad).await;
+    }
+    let start = Instant::now();
+    assert_eq!(sqlstate(&connect(&bad).await.unwrap_err()), "28P01");
+    assert!(
+        start.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        start.elapsed()
+    );
+    // a success from the address resets the counter
+    let _ok = h.connect("app_user", "app").await;
+}

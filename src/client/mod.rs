@@ -178,6 +178,26 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
             return None;
         }
     };
+    let method = cfg
+        .users
+        .get(&resolved.user)
+        .map(|u| u.auth)
+        .unwrap_or(crate::config::AuthMethod::ScramSha256);
+    if let Err(why) = crate::config::access::check(
+        &cfg.access,
+        &resolved.database,
+        &resolved.user,
+        addr.ip(),
+        method,
+    ) {
+        tracing::info!(%addr, user = %resolved.user, reason = %why, "client refused by access rules");
+        send_error(
+            &mut stream,
+            PgError::fatal("28000", format!("pgward: {why}")),
+        )
+        .await;
+        return None;
+    }
     let user = match auth::authenticate(
         &mut stream,
         &mut buf,
@@ -191,10 +211,15 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         Ok(u) => u,
         Err(e) => {
             tracing::info!(%addr, user = %resolved.user, code = %e.code, "client authentication failed");
+            if e.code == "28P01" {
+                // Repeated failures from one address are answered ever more slowly.
+                tokio::time::sleep(shared.auth_failed(addr.ip())).await;
+            }
             send_error(&mut stream, e).await;
             return None;
         }
     };
+    shared.auth_succeeded(addr.ip());
     if resolved.admin {
         if !cfg.admin_users.contains(&user.name) {
             send_error(

@@ -6,6 +6,7 @@
 //! - Errors name the file and the key (`pool.mode`, `databases[1].upstream`).
 //! - The running proxy holds an `Arc<Config>`; reload builds a new one and swaps it whole.
 
+pub mod access;
 mod raw;
 mod upstream;
 
@@ -137,6 +138,7 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     pub metrics: MetricsSettings,
     pub tenant_query: Option<TenantQuery>,
+    pub access: Vec<access::AccessRule>,
     /// The raw form, for `check-config` and `SHOW CONFIG`.
     pub raw: RawConfig,
 }

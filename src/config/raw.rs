@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub tenant_query: Option<RawTenantQuery>,
+    #[serde(default)]
+    pub access: Vec<super::access::RawAccessRule>,
 }
 
 /// Tenants loaded from a SQL table in a control database.
@@ -488,6 +490,13 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             })
         }
     };
+    let mut access = Vec::new();
+    for (i, r) in raw.access.iter().enumerate() {
+        access.push(
+            super::access::AccessRule::from_raw(r)
+                .map_err(|(k, m)| err(format!("access[{i}].{k}"), m))?,
+        );
+    }
     if !matches!(raw.log_format.as_str(), "human" | "json") {
         return Err(err(
             "log_format".into(),
@@ -519,6 +528,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         tls,
         metrics,
         tenant_query,
+        access,
         raw,
     })
 }
