@@ -51,6 +51,8 @@ pub struct Shared {
     pub tenant_refresh: Notify,
     /// Recent authentication failures per source address: (count, last failure).
     auth_failures: DashMap<std::net::IpAddr, (u32, Instant)>,
+    /// auth_query results: user → (fetched at, credentials or none).
+    pub auth_cache: DashMap<String, (Instant, Option<Arc<crate::config::User>>)>,
     /// SCRAM verifiers derived from plaintext passwords (PBKDF2 is slow: once per user).
     plain_verifiers: DashMap<String, (String, crate::auth::ScramVerifier)>,
 }
@@ -65,6 +67,7 @@ impl Shared {
             tenants: ArcSwap::from_pointee(TenantContexts::build(&config, &[])),
             loaded_tenants: ArcSwap::from_pointee(Vec::new()),
             auth_failures: DashMap::new(),
+            auth_cache: DashMap::new(),
             tenant_refresh: Notify::new(),
             config: ArcSwap::from_pointee(config),
             pools: DashMap::new(),
@@ -153,7 +156,9 @@ impl Shared {
             }
         }
         self.pools.retain(|name, p| {
-            let keep = cfg.database(name).is_some();
+            // auth_query users' pools are keyed "database\0user".
+            let db = name.split('\0').next().unwrap_or(name);
+            let keep = cfg.database(db).is_some();
             if !keep {
                 p.close();
             }

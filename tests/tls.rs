@@ -198,3 +198,61 @@ async fn tls_on_both_sides() {
     });
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// auth_query: a user that is not in the configuration is looked up through a SECURITY
+/// DEFINER function over pg_authid; pgward verifies the client's SCRAM proof against that
+/// verifier and logs in to PostgreSQL (which requires scram-sha-256) as that user with the
+/// recovered ClientKey, never knowing the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_with_scram_pass_through() {
+    let h = Harness::start(Opts {
+        extra: "\n[auth_query]\nupstream = \"postgres://nobody@127.0.0.1:1/none?sslmode=disable\"\nquery = \"SELECT rolname, rolpassword FROM public.pgward_lookup($1)\"\ncache_ttl = \"1s\"\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let pg = &h.pg;
+    tokio::task::block_in_place(|| {
+        pg.psql(
+            "app",
+            "CREATE ROLE passuser LOGIN PASSWORD 'pass-pw';\n\
+             GRANT CONNECT ON DATABASE app TO passuser;\n\
+             CREATE FUNCTION public.pgward_lookup(u text) RETURNS TABLE (rolname name, rolpassword text)\n\
+               LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog\n\
+               AS $$ SELECT rolname, rolpassword FROM pg_authid WHERE rolname = u $$;\n\
+             REVOKE ALL ON FUNCTION public.pgward_lookup(text) FROM PUBLIC;\n\
+             GRANT EXECUTE ON FUNCTION public.pgward_lookup(text) TO pgward;",
+        )
+        .unwrap();
+    });
+    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+        "postgres://nobody@127.0.0.1:1/none?sslmode=disable",
+        &h.direct_url("app"),
+    );
+    std::fs::write(&h.config_path, text).unwrap();
+    let (ok, _, err) = tokio::task::block_in_place(|| h.psql("admin", "pgward", &["-c", "RELOAD"]));
+    assert!(ok, "{err}");
+    let url = |pw: &str| {
+        format!(
+            "postgres://passuser:{pw}@127.0.0.1:{}/app?sslmode=disable",
+            h.port()
+        )
+    };
+    let c = connect(&url("pass-pw"))
+        .await
+        .expect("auth_query user logs in");
+    assert_eq!(scalar(&c, "SELECT current_user").await, "passuser");
+    let row = c.query_one("SELECT $1::int + 1", &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+    assert_eq!(
+        sqlstate(&connect(&url("wrong")).await.unwrap_err()),
+        "28P01"
+    );
+    let ghost = format!(
+        "postgres://ghost:x@127.0.0.1:{}/app?sslmode=disable",
+        h.port()
+    );
+    assert_eq!(sqlstate(&connect(&ghost).await.unwrap_err()), "28P01");
+    // configured users keep their own pool and server user
+    let a = h.connect("app_user", "app").await;
+    assert_eq!(scalar(&a, "SELECT current_user").await, "pgward");
+}

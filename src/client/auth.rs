@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::auth::{md5_verify, ChannelBinding, ScramServer, ScramVerifier, Secret};
-use crate::config::{AuthMethod, Config, User};
+use crate::config::{AuthMethod, User};
 use crate::net::{read_message, write_all, Stream};
 use crate::protocol::backend::{self, PgError};
 use crate::protocol::read_cstr;
@@ -29,16 +29,17 @@ fn violation(what: &'static str) -> PgError {
     PgError::fatal("08P01", what)
 }
 
-/// Run the exchange; on success the client has been sent AuthenticationOk.
+/// Run the exchange for `user` (`None`: unknown, fails like a wrong password); on success the
+/// client has been sent AuthenticationOk. Returns the SCRAM ClientKey when SCRAM was used.
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     shared: &Shared,
-    cfg: &Config,
+    user: Option<Arc<User>>,
     user_name: &str,
     tls_endpoint: Option<Vec<u8>>,
-) -> Result<Arc<User>, PgError> {
-    let user = cfg.users.get(user_name).cloned();
+) -> Result<(Arc<User>, Option<[u8; 32]>), PgError> {
+    let mut client_key = None;
     let method = user
         .as_ref()
         .map(|u| u.auth)
@@ -54,6 +55,7 @@ pub async fn authenticate(
             scram(
                 stream,
                 buf,
+                &mut client_key,
                 ScramServer::new(
                     verifier,
                     mock,
@@ -91,7 +93,7 @@ pub async fn authenticate(
             let mut out = BytesMut::new();
             backend::auth_ok(&mut out);
             send(stream, &out).await?;
-            Ok(u)
+            Ok((u, client_key))
         }
         _ => Err(failed(user_name)),
     }
@@ -139,6 +141,7 @@ fn check_plain(secret: &Secret, user: &str, given: &[u8]) -> bool {
 async fn scram(
     stream: &mut Stream,
     buf: &mut BytesMut,
+    client_key: &mut Option<[u8; 32]>,
     mut server: ScramServer,
 ) -> Result<bool, PgError> {
     let mut out = BytesMut::new();
@@ -170,6 +173,7 @@ async fn scram(
     let body = read_p(stream, buf).await?;
     match server.client_final(&body) {
         Ok(fin) => {
+            *client_key = server.client_key();
             out.clear();
             backend::auth_sasl_final(&mut out, fin);
             send(stream, &out).await?;

@@ -8,6 +8,7 @@
 
 mod attach;
 pub mod auth;
+pub mod auth_query;
 pub mod cancel;
 mod frontend;
 mod prepared;
@@ -198,11 +199,18 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         .await;
         return None;
     }
-    let user = match auth::authenticate(
+    let mut known = cfg.users.get(&resolved.user).cloned();
+    if known.is_none() {
+        if let Some(aq) = &cfg.auth_query {
+            known = auth_query::lookup(shared, aq, &resolved.user).await;
+        }
+    }
+    let dynamic = known.is_some() && !cfg.users.contains_key(&resolved.user);
+    let (user, client_key) = match auth::authenticate(
         &mut stream,
         &mut buf,
         shared,
-        &cfg,
+        known,
         &resolved.user,
         binding,
     )
@@ -269,7 +277,12 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         send_error(&mut stream, PgError::fatal("28000", format!("pgward: database \"{}\" requires a tenant (dbname = tenant id, user.tenant, or options=-cpgward.tenant=…)", db.name))).await;
         return None;
     }
-    let Some(pool) = shared.pool(&db.name) else {
+    let pool = if dynamic {
+        auth_query::user_pool(shared, &db, &user, client_key)
+    } else {
+        shared.pool(&db.name)
+    };
+    let Some(pool) = pool else {
         send_error(
             &mut stream,
             PgError::fatal("3D000", format!("database \"{}\" does not exist", db.name)),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use raw::{render_effective, RawConfig};
-pub use upstream::{SslMode, Upstream};
+pub use upstream::{PassThrough, SslMode, Upstream};
 
 use crate::auth::secret::Secret;
 
@@ -116,6 +116,13 @@ pub struct MetricsSettings {
 }
 
 #[derive(Debug, Clone)]
+pub struct AuthQuery {
+    pub upstream: String,
+    pub query: String,
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
 pub struct TenantQuery {
     pub upstream: String,
     pub query: String,
@@ -139,6 +146,7 @@ pub struct Config {
     pub metrics: MetricsSettings,
     pub tenant_query: Option<TenantQuery>,
     pub access: Vec<access::AccessRule>,
+    pub auth_query: Option<AuthQuery>,
     /// The raw form, for `check-config` and `SHOW CONFIG`.
     pub raw: RawConfig,
 }

@@ -42,6 +42,28 @@ pub struct RawConfig {
     pub tenant_query: Option<RawTenantQuery>,
     #[serde(default)]
     pub access: Vec<super::access::RawAccessRule>,
+    #[serde(default)]
+    pub auth_query: Option<RawAuthQuery>,
+}
+
+/// Users not in `[[users]]` looked up in PostgreSQL.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthQuery {
+    /// libpq URL of the auth user's connection (no TLS: sslmode=disable or prefer).
+    pub upstream: String,
+    /// Takes the user name as $1; returns (name, secret) with the secret as in pg_authid.
+    #[serde(default = "default_auth_query")]
+    pub query: String,
+    #[serde(default = "default_auth_cache_ttl")]
+    pub cache_ttl: String,
+}
+
+fn default_auth_query() -> String {
+    "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into()
+}
+fn default_auth_cache_ttl() -> String {
+    "60s".into()
 }
 
 /// Tenants loaded from a SQL table in a control database.
@@ -490,6 +512,17 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             })
         }
     };
+    let auth_query = match &raw.auth_query {
+        None => None,
+        Some(q) => {
+            Upstream::parse(&q.upstream).map_err(|m| err("auth_query.upstream".into(), m))?;
+            Some(AuthQuery {
+                upstream: q.upstream.clone(),
+                query: q.query.clone(),
+                cache_ttl: dur("auth_query.cache_ttl", &q.cache_ttl)?,
+            })
+        }
+    };
     let mut access = Vec::new();
     for (i, r) in raw.access.iter().enumerate() {
         access.push(
@@ -529,6 +562,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         metrics,
         tenant_query,
         access,
+        auth_query,
         raw,
     })
 }

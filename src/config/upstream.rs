@@ -11,6 +11,33 @@ pub enum SslMode {
     VerifyFull,
 }
 
+/// Credentials for PostgreSQL taken from a client's own authentication (auth_query users):
+/// the SCRAM ClientKey recovered from the client's proof plus the stored verifier, or the md5
+/// hash. pgward never learns the plaintext password.
+#[derive(Clone)]
+pub enum PassThrough {
+    Scram {
+        client_key: [u8; 32],
+        verifier: crate::auth::ScramVerifier,
+    },
+    Md5 {
+        hash: [u8; 16],
+    },
+}
+
+impl std::fmt::Debug for PassThrough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Identity only (changes when the user's credentials change), never the secret.
+        let tag = match self {
+            PassThrough::Scram { verifier, .. } => {
+                format!("scram:{}", verifier.to_pg_string().len())
+            }
+            PassThrough::Md5 { .. } => "md5".to_string(),
+        };
+        write!(f, "PassThrough({tag})")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pub host: String,
@@ -20,6 +47,8 @@ pub struct Upstream {
     pub dbname: String,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
+    /// Set for pools of auth_query users: authenticate with the client's credentials.
+    pub pass_through: Option<PassThrough>,
 }
 
 impl Upstream {
@@ -60,6 +89,7 @@ impl Upstream {
             password: url.password().map(decode),
             sslmode: SslMode::Prefer,
             sslrootcert: None,
+            pass_through: None,
         };
         for (k, v) in url.query_pairs() {
             match &*k {

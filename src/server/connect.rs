@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use super::params::ServerParams;
 use super::prepared::ServerStatements;
 use super::{Dirty, ServerConn};
-use crate::config::Upstream;
+use crate::config::{PassThrough, Upstream};
 use crate::net::{read_message, write_all};
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status, PgError};
 use crate::protocol::frontend::{put_password, put_sasl_initial};
@@ -34,6 +34,8 @@ pub enum ServerError {
     Protocol(&'static str),
     #[error("TLS to server: {0}")]
     Tls(String),
+    #[error("authenticating to the server with the client's credentials failed: {0}")]
+    PassThrough(String),
 }
 
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
@@ -49,6 +51,7 @@ pub async fn connect(up: &Upstream, id: u64) -> Result<ServerConn, ServerError> 
     let mut params = ServerParams::default();
     let (mut pid, mut secret) = (0, 0);
     let mut scram: Option<ScramSha256> = None;
+    let mut key_client: Option<crate::auth::ScramKeyClient> = None;
     loop {
         let (tag, body) = read_message(&mut stream, &mut buf, MAX_STARTUP_MESSAGE).await?;
         match tag {
@@ -66,6 +69,48 @@ pub async fn connect(up: &Upstream, id: u64) -> Result<ServerConn, ServerError> 
                         let mut d = pw.as_bytes().to_vec();
                         d.push(0);
                         put_password(&mut out, &d);
+                    }
+                    5 if matches!(up.pass_through, Some(PassThrough::Md5 { .. })) => {
+                        let Some(PassThrough::Md5 { hash }) = &up.pass_through else {
+                            unreachable!()
+                        };
+                        let salt: [u8; 4] = data
+                            .get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .ok_or(ServerError::Protocol("short md5 salt"))?;
+                        let mut d = crate::auth::md5_response_from_hash(hash, salt).to_vec();
+                        d.push(0);
+                        put_password(&mut out, &d);
+                    }
+                    10 if matches!(up.pass_through, Some(PassThrough::Scram { .. })) => {
+                        let Some(PassThrough::Scram {
+                            client_key,
+                            verifier,
+                        }) = &up.pass_through
+                        else {
+                            unreachable!()
+                        };
+                        let mut c = crate::auth::ScramKeyClient::new(*client_key, verifier.clone());
+                        let first = c.client_first();
+                        put_sasl_initial(&mut out, c.mechanism(), &first);
+                        key_client = Some(c);
+                    }
+                    11 if key_client.is_some() => {
+                        let c = key_client
+                            .as_mut()
+                            .ok_or(ServerError::Protocol("unexpected SASLContinue"))?;
+                        let fin = c
+                            .server_first(data)
+                            .map_err(|e| ServerError::PassThrough(e.to_string()))?;
+                        put_password(&mut out, &fin);
+                    }
+                    12 if key_client.is_some() => {
+                        let c = key_client
+                            .as_mut()
+                            .ok_or(ServerError::Protocol("unexpected SASLFinal"))?;
+                        c.server_final(data)
+                            .map_err(|e| ServerError::PassThrough(e.to_string()))?;
+                        continue;
                     }
                     5 => {
                         let pw = up.password.as_deref().ok_or(ServerError::NoPassword)?;
