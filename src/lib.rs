@@ -23,6 +23,7 @@ pub mod pgctl;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod querystats;
 pub mod run;
 pub mod server;
 pub mod sql;

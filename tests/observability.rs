@@ -283,3 +283,57 @@ async fn admin_console_commands() {
         tokio::task::block_in_place(|| h.psql("app_user", "pgward", &["-c", "SHOW POOLS"]));
     assert!(!ok && err.contains("admin_users"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_queries_keeps_normalised_shapes_per_tenant() {
+    let h = Harness::start(Opts {
+        extra: format!(
+            "{TENANTS}\n[metrics]\nquery_stats = true\nslow_statement_threshold = \"1ms\"\n"
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let c = h.connect("app_user", "acme").await;
+    for i in 0..5 {
+        c.simple_query(&format!("SELECT 'shape-test', {i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..3i32 {
+        c.query_one("SELECT 'prepared-shape', $1::int", &[&i])
+            .await
+            .unwrap();
+    }
+    c.simple_query("SELECT pg_sleep(0.01), 'slow-one'")
+        .await
+        .unwrap();
+    let out = std::process::Command::new(h.pg.bin_dir().join("psql"))
+        .arg(h.url("admin", "pgward"))
+        .args(["-X", "-A", "-t", "-c", "SHOW QUERIES"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("acme|SELECT ?, ?|5|")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("acme|SELECT ?, $1::int|3|")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("acme|SELECT pg_sleep(?), ?|1|")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("shape-test"),
+        "literals must not be kept: {text}"
+    );
+}

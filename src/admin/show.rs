@@ -25,6 +25,15 @@ pub fn table(shared: &Shared, what: &str) -> Option<Table> {
         "TENANTS" => tenants(shared),
         "CONFIG" => config(shared),
         "DATABASES" => databases(shared),
+        "QUERIES" => {
+            let mut t = Table::new(&[
+                "tenant", "query", "calls", "total_ms", "mean_ms", "p50_ms", "p99_ms",
+            ]);
+            for r in crate::querystats::global().top(20) {
+                t.row(r.into_iter().map(Some).collect());
+            }
+            t
+        }
         "VERSION" => {
             let mut t = Table::new(&["version"]);
             t.row(vec![s(crate::VERSION_STRING)]);

@@ -26,17 +26,17 @@ pub async fn lookup(shared: &Shared, aq: &AuthQuery, name: &str) -> Option<Arc<U
             return None;
         }
     };
-    let user = found.and_then(|secret| {
+    let user = found.map(|secret| {
         let auth = match &secret {
             Secret::Scram(_) => AuthMethod::ScramSha256,
             Secret::Md5 { .. } => AuthMethod::Md5,
             Secret::Plain(_) => AuthMethod::ScramSha256,
         };
-        Some(Arc::new(User {
+        Arc::new(User {
             name: name.to_string(),
             secret: Some(secret),
             auth,
-        }))
+        })
     });
     if shared.auth_cache.len() > 100_000 {
         shared.auth_cache.clear();

@@ -20,6 +20,7 @@ use crate::config::{PoolMode, SessionStatePolicy};
 use crate::protocol::backend::{self, PgError};
 use crate::protocol::frontend as fe;
 use crate::protocol::{FrameError, Header};
+use crate::querystats::QueryText;
 use crate::server::pending::{Action, Kind, Unit};
 use crate::server::Dirty;
 use crate::sql::classify::{analyze, Analysis, Flags, Violation};
@@ -202,6 +203,11 @@ impl Session {
             None => {
                 self.note_effects(a.flags);
                 self.forward(frame, Kind::Query);
+                if self.observe.is_some() {
+                    if let Some(u) = self.pending.back_mut() {
+                        u.text = Some(QueryText::Raw(bytes::Bytes::copy_from_slice(sql)));
+                    }
+                }
             }
         }
         self.stmt_mark = Some(Instant::now());
@@ -233,6 +239,9 @@ impl Session {
                 (p.definition, Action::Forward)
             }
         };
+        if self.observe.is_some() && p.name.is_empty() {
+            self.unnamed_text = Some(bytes::Bytes::copy_from_slice(p.query));
+        }
         if self.mode == PoolMode::Transaction && !p.name.is_empty() {
             return self.parse_named(p.name, definition, action);
         }
@@ -253,6 +262,13 @@ impl Session {
         }
         self.unsynced = true;
         self.stmt_started.get_or_insert_with(Instant::now);
+        if self.observe.is_some() {
+            self.exec_text = if stmt.is_empty() {
+                self.unnamed_text.clone().map(QueryText::Raw)
+            } else {
+                self.statements.get(stmt).cloned().map(QueryText::Prepared)
+            };
+        }
         if self.mode == PoolMode::Transaction && !stmt.is_empty() {
             if let Some(def) = self.ensure_prepared(stmt) {
                 fe::put_bind_renamed(&mut self.sout, portal, &def.name, &body[rest..]);
@@ -341,12 +357,17 @@ impl Session {
             Kind::Query | Kind::FunctionCall => Some(Instant::now()),
             _ => None,
         };
+        let text = match kind {
+            Kind::Execute if self.observe.is_some() => self.exec_text.clone(),
+            _ => None,
+        };
         self.pending.push_unit(Unit {
             kind,
             action: Action::Forward,
             stmt: None,
             name: None,
             sent,
+            text,
         });
     }
 
@@ -359,6 +380,7 @@ impl Session {
             stmt: None,
             name: None,
             sent: Some(Instant::now()),
+            text: None,
         });
     }
 

@@ -360,6 +360,23 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         stmt_started: None,
         stmt_mark: None,
         server_broken: false,
+        observe: (cfg.metrics.query_stats || cfg.metrics.slow_statement_threshold.is_some()).then(
+            || {
+                (
+                    cfg.metrics.query_stats,
+                    cfg.metrics.slow_statement_threshold,
+                    Arc::from(
+                        resolved
+                            .tenant
+                            .as_ref()
+                            .map(|t| t.id.as_str())
+                            .unwrap_or(""),
+                    ),
+                )
+            },
+        ),
+        exec_text: None,
+        unnamed_text: None,
     })
 }
 

@@ -91,6 +91,7 @@ impl Session {
             stmt: Some(def.id),
             name: client_name.map(Into::into),
             sent: None,
+            text: None,
         });
     }
 }

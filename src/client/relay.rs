@@ -138,6 +138,11 @@ impl Session {
             unit.sent,
             matches!(unit.action, Action::Forward | Action::ReplaceError(_)),
         );
+        let text = if self.observe.is_some() {
+            unit.text.clone()
+        } else {
+            None
+        };
         if tag == b'E' && matches!(unit.action, Action::ReplaceError(_)) {
             // The substituted request failed as intended: the client sees the proxy's
             // error instead; a Query still gets its ReadyForQuery, forwarded.
@@ -163,11 +168,15 @@ impl Session {
                 Kind::Query => {
                     let now = Instant::now();
                     let since = self.stmt_mark.replace(now).or(sent).unwrap_or(now);
-                    self.labels.statement(command_of(tag, body), now - since);
+                    let cmd = command_of(tag, body);
+                    self.labels.statement(cmd, now - since);
+                    self.observe_statement(cmd, text.as_ref(), now - since);
                 }
                 Kind::Execute => {
                     if let Some(sent) = sent {
-                        self.labels.statement(command_of(tag, body), sent.elapsed());
+                        let (cmd, d) = (command_of(tag, body), sent.elapsed());
+                        self.labels.statement(cmd, d);
+                        self.observe_statement(cmd, text.as_ref(), d);
                     }
                 }
                 _ => {}
@@ -236,6 +245,26 @@ impl Session {
             if from_proxy && matches!(next, Some(Kind::Query) | Some(Kind::FunctionCall)) {
                 put_sync(&mut self.sout);
             }
+        }
+    }
+
+    fn observe_statement(
+        &self,
+        cmd: Command,
+        text: Option<&crate::querystats::QueryText>,
+        d: std::time::Duration,
+    ) {
+        if let (Some((stats, slow, tenant)), Some(text)) = (&self.observe, text) {
+            crate::querystats::completed(
+                *stats,
+                *slow,
+                self.pool.name(),
+                tenant,
+                &self.info.user,
+                cmd,
+                text,
+                d,
+            );
         }
     }
 

@@ -86,6 +86,12 @@ pub struct Session {
     pub(super) stmt_mark: Option<Instant>,
     /// The server connection was lost or is in an unknown state: close it.
     pub(super) server_broken: bool,
+    /// Query statistics / slow log, when configured: (stats on, slow threshold, tenant).
+    pub(super) observe: Option<(bool, Option<std::time::Duration>, Arc<str>)>,
+    /// Text of the statement the next Execute runs (only kept when `observe` is set).
+    pub(super) exec_text: Option<crate::querystats::QueryText>,
+    /// Text of the last unnamed Parse (only kept when `observe` is set).
+    pub(super) unnamed_text: Option<bytes::Bytes>,
 }
 
 pub(super) enum Event {

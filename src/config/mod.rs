@@ -113,6 +113,7 @@ pub struct MetricsSettings {
     pub tenant_label_cap: usize,
     pub buckets: Vec<f64>,
     pub slow_statement_threshold: Option<Duration>,
+    pub query_stats: bool,
 }
 
 #[derive(Debug, Clone)]

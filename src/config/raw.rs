@@ -177,6 +177,9 @@ pub struct RawMetrics {
     pub buckets: Vec<f64>,
     #[serde(default)]
     pub slow_statement_threshold: Option<String>,
+    /// Keep per-query-shape statistics (SHOW QUERIES).
+    #[serde(default)]
+    pub query_stats: bool,
 }
 
 impl Default for RawMetrics {
@@ -500,6 +503,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             Some(v) => Some(dur("metrics.slow_statement_threshold", v)?),
             None => None,
         },
+        query_stats: m.query_stats,
     };
     let tenant_query = match &raw.tenant_query {
         None => None,

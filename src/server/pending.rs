@@ -71,6 +71,8 @@ pub struct Unit {
     pub name: Option<Box<[u8]>>,
     /// When the request was forwarded (statement latency metrics).
     pub sent: Option<Instant>,
+    /// The statement's text, kept only when query statistics or the slow log need it.
+    pub text: Option<crate::querystats::QueryText>,
 }
 
 #[derive(Debug, Default)]
@@ -95,11 +97,16 @@ impl Pending {
             stmt: None,
             name: None,
             sent: None,
+            text: None,
         });
     }
     #[inline]
     pub fn push_unit(&mut self, unit: Unit) {
         self.q.push_back(unit);
+    }
+    #[inline]
+    pub fn back_mut(&mut self) -> Option<&mut Unit> {
+        self.q.back_mut()
     }
     #[inline]
     pub fn front(&self) -> Option<&Unit> {
@@ -189,6 +196,7 @@ mod tests {
             stmt: Some(9),
             name: None,
             sent: None,
+            text: None,
         });
         p.push(Kind::Sync, Action::Forward);
         p.pop();

@@ -21,6 +21,8 @@ pub struct StatementDef {
     pub name: Box<[u8]>,
     /// Parse body after the name: query, NUL, parameter count and types.
     pub definition: Box<[u8]>,
+    /// Normalised query text, computed on first use (query statistics).
+    pub shape: std::sync::OnceLock<std::sync::Arc<str>>,
 }
 
 /// Process-wide interning of statement definitions.
@@ -44,6 +46,7 @@ impl Registry {
             id,
             name: format!("pgward_{id}").into_bytes().into_boxed_slice(),
             definition: definition.into(),
+            shape: std::sync::OnceLock::new(),
         });
         if self.by_def.len() >= MAX_INTERNED {
             return def;
