@@ -121,6 +121,11 @@ fn publish_gauges(shared: &Shared) {
             p.stats.active.load(Ordering::Relaxed) as f64,
             p.stats.idle.load(Ordering::Relaxed) as f64,
         );
+        let db = p.name().to_string();
+        metrics::counter!("pgward_bytes_total", "database" => db.clone(), "direction" => "from_clients")
+            .absolute(p.stats.bytes_received.load(Ordering::Relaxed));
+        metrics::counter!("pgward_bytes_total", "database" => db, "direction" => "to_clients")
+            .absolute(p.stats.bytes_sent.load(Ordering::Relaxed));
         let (max, total) = p.prepared_counts();
         let db = p.name().to_string();
         metrics::gauge!("pgward_server_prepared_statements", "database" => db.clone(), "stat" => "max").set(max as f64);

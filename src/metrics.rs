@@ -177,7 +177,10 @@ fn describe() {
         "pgward_rejected_statements_total",
         "Statements refused by the proxy, by reason"
     );
-    describe_counter!("pgward_bytes_total", "Bytes relayed, by direction");
+    describe_counter!(
+        "pgward_bytes_total",
+        "Bytes relayed to and from clients, by database and direction"
+    );
     describe_counter!(
         "pgward_prepared_statements_issued_total",
         "Parse messages the proxy sent to prepare a shared statement on a server connection"
@@ -305,10 +308,6 @@ pub fn session_reset(kind: &'static str) {
 
 pub fn rejected(reason: &'static str) {
     counter!("pgward_rejected_statements_total", "reason" => reason).increment(1);
-}
-
-pub fn bytes(direction: &'static str, n: u64) {
-    counter!("pgward_bytes_total", "direction" => direction).increment(n);
 }
 
 pub fn set_connection_gauges(

@@ -185,6 +185,10 @@ impl Session {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientEof),
                     Poll::Ready(Ok(n)) => {
                         self.cout.advance(n);
+                        self.pool
+                            .stats
+                            .bytes_sent
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                         progress = true;
                         if self.cout.is_empty() && self.client.is_tls() {
                             let _ = Pin::new(&mut self.client).poll_flush(cx);
@@ -235,7 +239,13 @@ impl Session {
                     }
                     match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.cin) {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Event::ClientEof),
-                        Poll::Ready(Ok(_)) => return Poll::Ready(Event::ClientData),
+                        Poll::Ready(Ok(n)) => {
+                            self.pool
+                                .stats
+                                .bytes_received
+                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            return Poll::Ready(Event::ClientData);
+                        }
                         Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientError(e)),
                         Poll::Pending => {}
                     }
