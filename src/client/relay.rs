@@ -169,14 +169,12 @@ impl Session {
                     let now = Instant::now();
                     let since = self.stmt_mark.replace(now).or(sent).unwrap_or(now);
                     let cmd = command_of(tag, body);
-                    self.labels.statement(cmd, now - since);
-                    self.observe_statement(cmd, text.as_ref(), now - since);
+                    self.statement_done(cmd, text.as_ref(), now - since);
                 }
                 Kind::Execute => {
                     if let Some(sent) = sent {
                         let (cmd, d) = (command_of(tag, body), sent.elapsed());
-                        self.labels.statement(cmd, d);
-                        self.observe_statement(cmd, text.as_ref(), d);
+                        self.statement_done(cmd, text.as_ref(), d);
                     }
                 }
                 _ => {}
@@ -248,12 +246,20 @@ impl Session {
         }
     }
 
-    fn observe_statement(
+    /// One statement of the client completed after `d`.
+    fn statement_done(
         &self,
         cmd: Command,
         text: Option<&crate::querystats::QueryText>,
         d: std::time::Duration,
     ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.labels.statement(cmd, d);
+        self.pool.stats.query_count.fetch_add(1, Relaxed);
+        self.pool
+            .stats
+            .query_time_us
+            .fetch_add(d.as_micros() as u64, Relaxed);
         if let (Some((stats, slow, tenant)), Some(text)) = (&self.observe, text) {
             crate::querystats::completed(
                 *stats,
