@@ -15,6 +15,7 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod http;
 pub mod metrics;

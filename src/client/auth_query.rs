@@ -48,20 +48,12 @@ pub async fn lookup(shared: &Shared, aq: &AuthQuery, name: &str) -> Option<Arc<U
 }
 
 async fn fetch(aq: &AuthQuery, name: &str) -> Result<Option<Secret>, String> {
-    let (client, conn) = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        tokio_postgres::connect(&aq.upstream, tokio_postgres::NoTls),
-    )
-    .await
-    .map_err(|_| "connecting for auth_query timed out".to_string())?
-    .map_err(|e| format!("connecting for auth_query: {e}"))?;
-    let task = tokio::spawn(conn);
-    let row = client
-        .query_opt(&aq.query, &[&name])
-        .await
-        .map_err(|e| format!("running auth_query: {e}"));
-    drop(client);
-    let _ = task.await;
+    let name = name.to_string();
+    let query = aq.query.clone();
+    let row = crate::control::with_client(&aq.upstream, "auth_query", |c| async move {
+        c.query_opt(&query, &[&name]).await
+    })
+    .await;
     let Some(row) = row? else {
         return Ok(None);
     };

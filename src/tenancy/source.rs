@@ -63,20 +63,11 @@ pub async fn refresh(shared: &Shared, cfg: &Config, tq: &TenantQuery) {
 }
 
 async fn load(cfg: &Config, tq: &TenantQuery) -> Result<Vec<Tenant>, String> {
-    let (client, conn) = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio_postgres::connect(&tq.upstream, tokio_postgres::NoTls),
-    )
-    .await
-    .map_err(|_| "connecting to the control database timed out".to_string())?
-    .map_err(|e| format!("connecting to the control database: {e}"))?;
-    let task = tokio::spawn(conn);
-    let rows = client
-        .simple_query(&tq.query)
-        .await
-        .map_err(|e| format!("running tenant_query: {e}"));
-    drop(client);
-    let _ = task.await;
+    let query = tq.query.clone();
+    let rows = crate::control::with_client(&tq.upstream, "tenant_query", |c| async move {
+        c.simple_query(&query).await
+    })
+    .await;
     let mut out = Vec::new();
     for m in rows? {
         let SimpleQueryMessage::Row(r) = m else {
