@@ -38,7 +38,9 @@ impl Drop for Running {
 
 /// Bind and start serving. Ports 0 in the config pick free ports (see `addr`).
 pub async fn start(config: Config) -> Result<Running, String> {
-    crate::metrics::install(&config.metrics);
+    if config.metrics.enabled {
+        crate::metrics::install(&config.metrics);
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -114,6 +114,7 @@ pub struct MetricsSettings {
     pub buckets: Vec<f64>,
     pub slow_statement_threshold: Option<Duration>,
     pub query_stats: bool,
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -180,6 +180,13 @@ pub struct RawMetrics {
     /// Keep per-query-shape statistics (SHOW QUERIES).
     #[serde(default)]
     pub query_stats: bool,
+    /// Record Prometheus metrics at all (false: nothing is recorded, /metrics is empty).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for RawMetrics {
@@ -504,6 +511,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             None => None,
         },
         query_stats: m.query_stats,
+        enabled: m.enabled,
     };
     let tenant_query = match &raw.tenant_query {
         None => None,
