@@ -488,6 +488,8 @@ pub(super) fn session_dirt(flags: Flags) -> Dirty {
         (Flags::LISTEN, Dirty::LISTEN),
         (Flags::ADVISORY_LOCK, Dirty::ADVISORY),
         (Flags::UNCERTAIN, Dirty::UNKNOWN),
+        // DISCARD ALL resets settings behind the proxy's back: re-establish a known baseline.
+        (Flags::DISCARD, Dirty::SETTINGS),
     ];
     for (f, dirt) in map {
         if flags.contains(f) {
