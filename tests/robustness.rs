@@ -254,3 +254,45 @@ async fn access_rules_and_failure_slowdown() {
     // a success from the address resets the counter
     let _ok = h.connect("app_user", "app").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_3_2_is_negotiated_down_to_3_0() {
+    let h = Harness::start(Opts::default()).await;
+    let port = h.port();
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut s = raw(port);
+        let mut body = 0x0003_0002u32.to_be_bytes().to_vec();
+        for p in [
+            "user",
+            "app_user",
+            "database",
+            "app",
+            "_pq_.future_option",
+            "x",
+        ] {
+            body.extend_from_slice(p.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        pkt.extend_from_slice(&body);
+        s.write_all(&pkt).unwrap();
+        // NegotiateProtocolVersion, then the authentication request, possibly in two reads
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        while buf.len() < 32 || !buf[32..].contains(&b'R') {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed early: {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf
+    })
+    .await
+    .unwrap();
+    assert_eq!(reply[0], b'v', "{reply:?}");
+    let newest = i32::from_be_bytes([reply[5], reply[6], reply[7], reply[8]]);
+    assert_eq!(newest, 0);
+    assert!(String::from_utf8_lossy(&reply).contains("_pq_.future_option"));
+    // then authentication continues (SCRAM request)
+    assert_eq!(reply[32], b'R', "{reply:?}");
+}
