@@ -127,3 +127,37 @@ async fn authentication_failures_are_clear() {
     );
     assert_eq!(sqlstate(&connect(&bad).await.unwrap_err()), "28P01");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_size_is_kept_and_never_exceeded() {
+    let h = Harness::start(Opts {
+        size: 3,
+        min_size: 2,
+        ..Opts::default()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(h.upstream_connections().await, 2);
+    let c = h.connect("app_user", "app").await;
+    assert_eq!(scalar(&c, "SELECT 1").await, "1");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let n = h.upstream_connections().await;
+    assert!((2..=3).contains(&n), "{n} server connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_new_pool_settings_moves_clients_to_the_new_pool() {
+    let h = Harness::start(Opts::default()).await;
+    let c = h.connect("app_user", "app").await;
+    let pid1 = scalar(&c, "SELECT pg_backend_pid()").await;
+    let text = std::fs::read_to_string(&h.config_path)
+        .unwrap()
+        .replace("size = 5", "size = 4");
+    std::fs::write(&h.config_path, text).unwrap();
+    let (ok, _, err) = tokio::task::block_in_place(|| h.psql("admin", "pgward", &["-c", "RELOAD"]));
+    assert!(ok, "{err}");
+    let pid2 = scalar(&c, "SELECT pg_backend_pid()").await;
+    let pid3 = scalar(&c, "SELECT pg_backend_pid()").await;
+    assert_ne!(pid1, pid2, "the old pool was replaced");
+    assert_eq!(pid2, pid3, "the new pool's connection is reused");
+}

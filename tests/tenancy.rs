@@ -350,6 +350,12 @@ async fn unknown_tenants_and_foreign_users_are_refused() {
     assert!(e.as_db_error().unwrap().message().contains("nosuch"));
     let e = connect(&h.url("app_user", "t1")).await.unwrap_err();
     assert_eq!(sqlstate(&e), "28000");
+    // md5 authentication with the tenant chosen by user-name suffix
+    let m = h.connect("md5_user.acme", "app").await;
+    assert_eq!(
+        scalar(&m, "SELECT current_setting('app.tenant_id')").await,
+        "acme"
+    );
     let ok = h.connect("t1_user", "t1").await;
     assert_eq!(
         scalar(&ok, "SELECT current_setting('search_path')").await,

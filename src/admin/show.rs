@@ -293,7 +293,10 @@ fn config(shared: &Shared) -> Table {
     let mut flat = Vec::new();
     flatten("", &value, &mut flat);
     for (k, v) in flat {
-        let restart = matches!(k.as_str(), "listen" | "http_listen" | "workers");
+        let restart = matches!(
+            k.as_str(),
+            "listen" | "http_listen" | "workers" | "log_format"
+        ) || k.starts_with("metrics.");
         t.row(vec![s(&k), s(v), s(if restart { "no" } else { "yes" })]);
     }
     t

@@ -12,6 +12,13 @@ use crate::server::pending::{Action, Kind};
 
 impl Session {
     pub(super) async fn acquire_server(&mut self) -> Result<(), PgError> {
+        if self.pool.is_closed() {
+            // The pool was replaced by a reload: continue on the new one.
+            let key = self.pool.key.clone();
+            if let Some(p) = self.shared.pools.get(&key).map(|p| p.clone()) {
+                self.pool = p;
+            }
+        }
         self.info.state.store(2, Ordering::Relaxed);
         let r = self.pool.checkout().await;
         self.info.state.store(1, Ordering::Relaxed);

@@ -37,6 +37,7 @@ pub async fn authenticate(
     shared: &Shared,
     user: Option<Arc<User>>,
     user_name: &str,
+    wire_name: &str,
     tls_endpoint: Option<Vec<u8>>,
 ) -> Result<(Arc<User>, Option<[u8; 32]>), PgError> {
     let mut client_key = None;
@@ -75,7 +76,7 @@ pub async fn authenticate(
             let resp = password_message(stream, buf).await?;
             u.secret
                 .as_ref()
-                .is_some_and(|s| md5_verify(s, user_name, salt, &resp))
+                .is_some_and(|s| md5_verify(s, &md5_name(s, user_name, wire_name), salt, &resp))
         }
         (Some(u), AuthMethod::Password) => {
             let mut out = BytesMut::new();
@@ -96,6 +97,16 @@ pub async fn authenticate(
             Ok((u, client_key))
         }
         _ => Err(failed(user_name)),
+    }
+}
+
+/// The md5 exchange salts with the user name the client sent (`app_user.acme` when a tenant
+/// is selected by suffix): a plaintext secret is re-salted for it; a stored md5 hash can only
+/// match the plain name.
+fn md5_name(secret: &Secret, user: &str, wire: &str) -> String {
+    match secret {
+        Secret::Plain(_) => wire.to_string(),
+        _ => user.to_string(),
     }
 }
 

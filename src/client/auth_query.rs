@@ -100,12 +100,15 @@ pub fn user_pool(
             return Some(p.clone());
         }
     }
-    let pool = Pool::new(Arc::new(Database {
-        name: db.name.clone(),
-        upstream,
-        pool: db.pool.clone(),
-        tenant_required: db.tenant_required,
-    }));
+    let pool = Pool::with_key(
+        Arc::new(Database {
+            name: db.name.clone(),
+            upstream,
+            pool: db.pool.clone(),
+            tenant_required: db.tenant_required,
+        }),
+        key.clone(),
+    );
     crate::pool::maintain::spawn(pool.clone());
     if let Some(old) = shared.pools.insert(key, pool.clone()) {
         old.close();

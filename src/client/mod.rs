@@ -103,6 +103,16 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
                         .await;
                         return None;
                     }
+                    (Some(_), false)
+                        if cfg
+                            .tls
+                            .as_ref()
+                            .is_some_and(|t| t.client_tls == ClientTls::Disable) =>
+                    {
+                        if write_all(&mut stream, b"N").await.is_err() {
+                            return None;
+                        }
+                    }
                     (Some(tc), false) => {
                         if write_all(&mut stream, b"S").await.is_err() {
                             return None;
@@ -212,6 +222,7 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         shared,
         known,
         &resolved.user,
+        msg.get("user").unwrap_or(&resolved.user),
         binding,
     )
     .await

@@ -55,7 +55,6 @@ pub fn server_config(t: &TlsSettings) -> Result<ServerTls, String> {
                 Arc::new(roots),
                 provider(),
             )
-            .allow_unauthenticated()
             .build()
             .map_err(|e| format!("tls.client_ca: {e}"))?;
             builder.with_client_cert_verifier(verifier)

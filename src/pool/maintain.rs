@@ -61,8 +61,9 @@ pub async fn run_once(pool: &Arc<Pool>) {
     // Top up to min_size, or probe when nothing proved the upstream alive recently.
     let stale = now_ms().saturating_sub(pool.last_ok_ms.load(Ordering::Relaxed))
         > PROBE_AFTER.as_millis() as u64;
-    let want = if pool.size_now() < min {
-        min - pool.size_now()
+    let now = pool.size_now();
+    let want = if now < min {
+        (min - now).min(pool.db.pool.size.saturating_sub(now))
     } else {
         usize::from(stale && !alive)
     };

@@ -1,8 +1,10 @@
 //! A pool of server connections for one database (one upstream, one server user).
 //!
 //! Invariants:
-//! - At most `size` connections exist (idle + checked out + being opened): a semaphore permit
-//!   is held for each, and waiters are served first-in first-out (tokio's fair semaphore).
+//! - At most `size` connections are checked out or being opened: a semaphore permit is held
+//!   for each, and waiters are served first-in first-out (tokio's fair semaphore). Idle
+//!   connections come only from check-ins and the maintenance top-up (which counts them), so
+//!   idle + in use stays within `size` too.
 //! - A [`Checkout`] is an RAII guard: dropped without [`Checkout::checkin`], its connection is
 //!   closed, never reused (unknown state means close).
 //! - An idle connection is checked for liveness and age before it is handed out.
@@ -60,6 +62,8 @@ pub struct PoolStats {
 
 pub struct Pool {
     pub db: Arc<Database>,
+    /// Key in the pool registry (`database`, or `database\0user` for auth_query users).
+    pub key: String,
     idle: Mutex<Vec<ServerConn>>,
     sem: Arc<Semaphore>,
     pub stats: PoolStats,
@@ -85,7 +89,13 @@ pub struct Checkout {
 
 impl Pool {
     pub fn new(db: Arc<Database>) -> Arc<Pool> {
+        let key = db.name.clone();
+        Self::with_key(db, key)
+    }
+
+    pub fn with_key(db: Arc<Database>, key: String) -> Arc<Pool> {
         Arc::new(Pool {
+            key,
             sem: Arc::new(Semaphore::new(db.pool.size)),
             db,
             idle: Mutex::new(Vec::new()),
@@ -276,7 +286,14 @@ impl Pool {
 
     /// Server connections in existence (idle + in use + opening).
     pub fn size_now(&self) -> usize {
-        self.db.pool.size - self.sem.available_permits()
+        self.stats.idle.load(Ordering::Relaxed)
+            + self.stats.active.load(Ordering::Relaxed)
+            + self.stats.connecting.load(Ordering::Relaxed)
+    }
+
+    /// Closed: replaced by a reload, or shutting down.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// (max, total) prepared statements over idle connections.

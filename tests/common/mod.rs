@@ -45,6 +45,7 @@ GRANT CREATE ON SCHEMA public TO tenant_acme, tenant_globex;
 pub struct Opts {
     pub mode: &'static str,
     pub size: usize,
+    pub min_size: usize,
     pub checkout_timeout: &'static str,
     pub session_state: &'static str,
     /// Appended to the generated configuration (tenants, more users…).
@@ -62,6 +63,7 @@ impl Default for Opts {
         Opts {
             mode: "transaction",
             size: 5,
+            min_size: 0,
             checkout_timeout: "5s",
             session_state: "reset",
             extra: String::new(),
@@ -136,6 +138,7 @@ max_message_size = {max_msg}
 [pool]
 mode = "{mode}"
 size = {size}
+min_size = {min_size}
 checkout_timeout = "{ct}"
 session_state = "{ss}"
 max_client_connections = {maxc}
@@ -161,6 +164,7 @@ password = "{pw}"
         max_msg = o.max_message_size,
         mode = o.mode,
         size = o.size,
+        min_size = o.min_size,
         ct = o.checkout_timeout,
         ss = o.session_state,
         maxc = o.max_clients,
