@@ -19,7 +19,7 @@ use tokio_postgres::types::Type;
 const PIP_INSTALL: &str = "python3 -m pip install asyncpg \"psycopg[binary]\"";
 
 /// How long one driver script may run before it is killed and the test fails (a hang).
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(260);
 
 fn driver_opts(size: usize) -> Opts {
     Opts {
@@ -81,16 +81,19 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Run a driver script against pgward with the plain, acme and globex URLs; panics unless it
-/// exits with status 0 within SCRIPT_TIMEOUT. Its output is printed either way.
-async fn run_script(h: &Harness, name: &str) {
+/// Run a driver script against pgward with the plain, acme and globex URLs (and the script's
+/// extra arguments); panics unless it exits with status 0 within SCRIPT_TIMEOUT. Its output
+/// is printed either way.
+async fn run_script(h: &Harness, name: &str, args: &[&str]) {
+    use tokio::io::AsyncReadExt;
     let path = script(name);
     let started = Instant::now();
-    let child = tokio::process::Command::new("python3")
+    let mut child = tokio::process::Command::new("python3")
         .arg(&path)
         .arg(h.url("app_user", "app"))
         .arg(h.url("app_user", "acme"))
         .arg(h.url("app_user", "globex"))
+        .args(args)
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -98,26 +101,84 @@ async fn run_script(h: &Harness, name: &str) {
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("run python3 {}: {e}", path.display()));
-    let out = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output()).await {
-        Ok(out) => out.unwrap_or_else(|e| panic!("wait for {name}: {e}")),
-        Err(_) => panic!(
-            "{name} did not finish within {SCRIPT_TIMEOUT:?} (killed): a hang through pgward?"
-        ),
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = tokio::spawn(async move {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v).await;
+        v
+    });
+    let err_reader = tokio::spawn(async move {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v).await;
+        v
+    });
+    let status = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait()).await {
+        Ok(status) => Some(status.unwrap_or_else(|e| panic!("wait for {name}: {e}"))),
+        Err(_) => {
+            println!(
+                "--- {name} still running after {SCRIPT_TIMEOUT:?}: state before killing it ---\n{}",
+                hang_report(h).await
+            );
+            let _ = child.kill().await;
+            None
+        }
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out_reader.await.unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.await.unwrap()).into_owned();
     println!(
-        "--- {name} stdout ({:.1?}) ---\n{stdout}",
+        "--- {name} {} stdout ({:.1?}) ---\n{stdout}",
+        args.join(" "),
         started.elapsed()
     );
     if !stderr.trim().is_empty() {
         println!("--- {name} stderr ---\n{stderr}");
     }
-    assert!(
-        out.status.success(),
-        "{name} failed ({}):\n{stderr}\n{stdout}",
-        out.status
-    );
+    // the script's own summary: its last lines (the full output is printed above)
+    let lines: Vec<&str> = stderr.lines().collect();
+    let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+    match status {
+        None => panic!(
+            "{name} {} did not finish within {SCRIPT_TIMEOUT:?} (killed): a hang through pgward?\n{tail}",
+            args.join(" ")
+        ),
+        Some(s) if !s.success() => panic!("{name} {} failed ({s}):\n{tail}", args.join(" ")),
+        Some(_) => {}
+    }
+}
+
+/// pgward's and PostgreSQL's view of the connections, for a test that hangs.
+async fn hang_report(h: &Harness) -> String {
+    let mut report = String::new();
+    for what in ["POOLS", "CLIENTS", "SERVERS"] {
+        let (_, out, err) = tokio::task::block_in_place(|| {
+            h.psql(
+                "admin",
+                "pgward",
+                &["-P", "pager=off", "-c", &format!("SHOW {what}")],
+            )
+        });
+        report.push_str(&format!("pgward SHOW {what}:\n{out}{err}\n"));
+    }
+    match tokio::time::timeout(Duration::from_secs(10), h.connect_direct()).await {
+        Ok(c) => {
+            let rows = c
+                .simple_query(
+                    "SELECT pid || ' ' || state || ' ' || coalesce(wait_event_type, '-') || ' ' || coalesce(wait_event, '-') || ' ' || left(query, 120) FROM pg_stat_activity WHERE usename = 'pgward' AND pid <> pg_backend_pid()",
+                )
+                .await;
+            report.push_str("PostgreSQL pg_stat_activity (pid state wait query):\n");
+            if let Ok(rows) = rows {
+                for m in rows {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        report.push_str(&format!("  {}\n", r.get(0).unwrap_or("")));
+                    }
+                }
+            }
+        }
+        Err(_) => report.push_str("PostgreSQL: direct connection timed out\n"),
+    }
+    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,9 +187,31 @@ async fn asyncpg_prepared_statements_and_tenants() {
         return;
     }
     let h = Harness::start(driver_opts(5)).await;
-    run_script(&h, "asyncpg_check.py").await;
+    run_script(&h, "asyncpg_check.py", &["core", "features"]).await;
     // the pool stayed within its size
     assert!(h.upstream_connections().await <= 5);
+}
+
+/// asyncpg's answer to "cached plan must not change result type" (after ALTER TABLE):
+/// drop its statement cache, prepare the same text again under a new name and retry once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_statement_cache_after_schema_change() {
+    if !require_python_module("asyncpg") {
+        return;
+    }
+    let h = Harness::start(driver_opts(5)).await;
+    run_script(&h, "asyncpg_check.py", &["schema-change"]).await;
+}
+
+/// An asyncpg Pool on a tenant URL: on release asyncpg runs its reset query
+/// (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_pool_on_tenant_urls() {
+    if !require_python_module("asyncpg") {
+        return;
+    }
+    let h = Harness::start(driver_opts(5)).await;
+    run_script(&h, "asyncpg_check.py", &["tenant-pool"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +220,7 @@ async fn psycopg_prepared_copy_errors_and_tenants() {
         return;
     }
     let h = Harness::start(driver_opts(5)).await;
-    run_script(&h, "psycopg_check.py").await;
+    run_script(&h, "psycopg_check.py", &[]).await;
     assert!(h.upstream_connections().await <= 5);
 }
 
@@ -276,10 +359,14 @@ async fn prepared_client(h: Arc<Harness>, n: i32) -> Result<u64, String> {
                 return Err(format!("client {n}: add after failed parse = {v}"));
             }
             // pipelined: a failing Parse and good queries in flight together
+            let one = 1i32;
+            let (p, q) = ("p", "q");
+            let add_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&r, &one];
+            let concat_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&p, &q];
             let (bad, ok1, ok2) = tokio::join!(
                 c.prepare("SELECT FROM WHERE"),
-                c.query_one(&add, &[&r, &1i32]),
-                c.query_one(&concat, &[&"p", &"q"]),
+                c.query_one(&add, &add_params),
+                c.query_one(&concat, &concat_params),
             );
             if bad.is_ok() {
                 return Err(format!("client {n}: `SELECT FROM WHERE` prepared"));
@@ -414,4 +501,132 @@ async fn tokio_postgres_same_statement_text_for_two_tenants() {
             ("acme-one,acme-two", "globex-one")
         );
     }
+}
+
+/// A named statement prepared before a schema change: using it fails with 0A000 ("cached
+/// plan must not change result type") exactly as on PostgreSQL itself, and preparing the same
+/// text again (what asyncpg, psycopg and JDBC do on that error) must give a working statement
+/// with the new row type, as it does on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_reprepare_after_schema_change() {
+    let h = Harness::start(driver_opts(1)).await;
+    let direct = h.connect_direct().await;
+    direct
+        .batch_execute("CREATE TABLE ddl_t (a int); INSERT INTO ddl_t VALUES (1)")
+        .await
+        .unwrap();
+    let c = h.connect("app_user", "app").await;
+    let other = h.connect("app_user", "app").await;
+    let sql = "SELECT * FROM ddl_t";
+    let s1 = c.prepare(sql).await.unwrap();
+    assert_eq!(s1.columns().len(), 1);
+    assert_eq!(c.query_one(&s1, &[]).await.unwrap().get::<_, i32>(0), 1);
+    direct
+        .batch_execute("ALTER TABLE ddl_t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    // the stale statement fails like it does on PostgreSQL
+    let e = c.query_one(&s1, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    drop(s1);
+    // preparing the same text again works and sees the new columns
+    let s2 = c
+        .prepare(sql)
+        .await
+        .unwrap_or_else(|e| panic!("re-prepare `{sql}` after ALTER TABLE: {e:?}"));
+    assert_eq!(s2.columns().len(), 2, "{:?}", s2.columns());
+    let row = c
+        .query_one(&s2, &[])
+        .await
+        .unwrap_or_else(|e| panic!("query the re-prepared statement: {e:?}"));
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 7));
+    // and so does another client that prepares it for the first time
+    let s3 = other
+        .prepare(sql)
+        .await
+        .unwrap_or_else(|e| panic!("another client preparing `{sql}` after ALTER: {e:?}"));
+    assert_eq!(s3.columns().len(), 2);
+    other.query_one(&s3, &[]).await.unwrap();
+}
+
+/// Schema-per-tenant where the tenants' tables differ (a migration applied to one tenant
+/// first): the same statement text resolves to different tables with different columns.
+/// Each tenant must get its own table's columns and rows, as it would on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_same_text_different_tenant_tables() {
+    let h = Harness::start(driver_opts(1)).await;
+    let direct = h.connect_direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE acme.widgets (id int, name text);
+             INSERT INTO acme.widgets VALUES (1, 'acme-widget');
+             CREATE TABLE globex.widgets (id int, label text, qty bigint);
+             INSERT INTO globex.widgets VALUES (1, 'globex-widget', 5);
+             GRANT ALL ON acme.widgets TO tenant_acme;
+             GRANT ALL ON globex.widgets TO tenant_globex;",
+        )
+        .await
+        .unwrap();
+    let acme = h.connect("app_user", "acme").await;
+    let globex = h.connect("app_user", "globex").await;
+    let sql = "SELECT * FROM widgets ORDER BY id";
+    let sa = acme.prepare(sql).await.unwrap();
+    let sg = globex
+        .prepare(sql)
+        .await
+        .unwrap_or_else(|e| panic!("globex prepares the text acme prepared: {e:?}"));
+    assert_eq!(sa.columns().len(), 2);
+    assert_eq!(sg.columns().len(), 3, "globex got {:?}", sg.columns());
+    for round in 0..5 {
+        let a = acme
+            .query_one(&sa, &[])
+            .await
+            .unwrap_or_else(|e| panic!("acme round {round}: {e:?}"));
+        assert_eq!(a.get::<_, String>(1), "acme-widget");
+        let g = globex
+            .query_one(&sg, &[])
+            .await
+            .unwrap_or_else(|e| panic!("globex round {round}: {e:?}"));
+        assert_eq!(
+            (g.get::<_, String>(1), g.get::<_, i64>(2)),
+            ("globex-widget".to_string(), 5)
+        );
+    }
+}
+
+/// Like the above, for parameter types: `$1` is inferred from each tenant's own column type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_same_text_different_tenant_parameter_types() {
+    let h = Harness::start(driver_opts(1)).await;
+    let direct = h.connect_direct().await;
+    let acme = h.connect("app_user", "acme").await;
+    let globex = h.connect("app_user", "globex").await;
+    direct
+        .batch_execute(
+            "CREATE TABLE acme.codes (code int, v text); INSERT INTO acme.codes VALUES (42, 'acme-42');
+             CREATE TABLE globex.codes (code text, v text); INSERT INTO globex.codes VALUES ('x42', 'globex-x42');
+             GRANT ALL ON acme.codes TO tenant_acme; GRANT ALL ON globex.codes TO tenant_globex;",
+        )
+        .await
+        .unwrap();
+    let sql = "SELECT v FROM codes WHERE code = $1";
+    let pa = acme.prepare(sql).await.unwrap();
+    assert_eq!(pa.params(), &[Type::INT4]);
+    let pg = globex
+        .prepare(sql)
+        .await
+        .unwrap_or_else(|e| panic!("globex prepares `{sql}`: {e:?}"));
+    assert_eq!(
+        pg.params(),
+        &[Type::TEXT],
+        "globex got acme's parameter types"
+    );
+    let v: String = globex
+        .query_one(&pg, &[&"x42"])
+        .await
+        .unwrap_or_else(|e| panic!("globex codes: {e:?}"))
+        .get(0);
+    assert_eq!(v, "globex-x42");
+    let v: String = acme.query_one(&pa, &[&42i32]).await.unwrap().get(0);
+    assert_eq!(v, "acme-42");
 }

@@ -296,8 +296,9 @@ async fn guard_rejects_context_changes_and_nothing_else() {
         "SELECT pg_catalog.set_config('search_path', 'globex', true)",
         "/* hi */ SET ROLE tenant_globex",
         "SET SESSION AUTHORIZATION postgres",
-        "RESET ALL",
-        "DISCARD ALL",
+        "RESET ALL; SELECT current_setting('search_path')",
+        "BEGIN; RESET ALL",
+        "DISCARD ALL; SELECT 1",
         "SELECT 1; SET search_path = globex",
         "SET SCHEMA 'globex'",
     ];

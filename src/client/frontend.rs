@@ -135,6 +135,25 @@ impl Session {
         }
     }
 
+    /// A connection pool's reset (asyncpg sends `…; RESET ALL`, others `DISCARD ALL`) from a
+    /// tenant client, outside any transaction, ending the Query: nothing runs after it in that
+    /// transaction, so the tenant context cannot be escaped and the statement is allowed.
+    fn is_closing_reset(&self, sql: &[u8], a: &Analysis) -> bool {
+        if !matches!(a.violation, Some(Violation::ResetAll)) || a.flags.contains(Flags::TXN_BEGIN) {
+            return false;
+        }
+        let idle = self.server.is_none()
+            || (self.pending.is_empty() && !self.unsynced && self.status == b'I');
+        let end = sql
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+            .map_or(&sql[..0], |i| &sql[..=i]);
+        let ends = |kw: &[u8]| {
+            end.len() >= kw.len() && end[end.len() - kw.len()..].eq_ignore_ascii_case(kw)
+        };
+        idle && (ends(b"RESET ALL") || ends(b"DISCARD ALL"))
+    }
+
     /// Decide whether the statement may run; `Some(error)` if the proxy refuses it.
     fn vet(&mut self, a: &Analysis) -> Option<PgError> {
         if let (Some(v), Some(t)) = (&a.violation, &self.tenant) {
@@ -182,7 +201,11 @@ impl Session {
         let sql =
             fe::query_text(body).ok_or_else(|| PgError::fatal("08P01", "invalid Query message"))?;
         let a = self.analyze(sql);
-        let replacement = self.vet(&a);
+        let replacement = if self.is_closing_reset(sql, &a) {
+            None
+        } else {
+            self.vet(&a)
+        };
         let non_txn = replacement.is_none() && a.flags.contains(Flags::NON_TXN);
         if a.statements == 0 && self.server.is_none() {
             // Empty query: answer like PostgreSQL without taking a server connection.
@@ -273,6 +296,7 @@ impl Session {
             if let Some(def) = self.ensure_prepared(stmt) {
                 fe::put_bind_renamed(&mut self.sout, portal, &def.name, &body[rest..]);
                 self.push_forward(Kind::Bind);
+                self.mark_uses(def.id);
                 return Ok(Step::Next);
             }
         }
@@ -291,6 +315,7 @@ impl Session {
             if let Some(def) = self.ensure_prepared(name) {
                 fe::put_target(&mut self.sout, b'D', b'S', &def.name);
                 self.push_forward(Kind::Describe);
+                self.mark_uses(def.id);
                 return Ok(Step::Next);
             }
         }
@@ -368,6 +393,7 @@ impl Session {
             name: None,
             sent,
             text,
+            uses: None,
         });
     }
 
@@ -381,7 +407,14 @@ impl Session {
             name: None,
             sent: Some(Instant::now()),
             text: None,
+            uses: None,
         });
+    }
+
+    fn mark_uses(&mut self, id: u64) {
+        if let Some(u) = self.pending.back_mut() {
+            u.uses = Some(id);
+        }
     }
 
     /// Bytes the proxy answers with, placed after every response still owed.

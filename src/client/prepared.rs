@@ -42,7 +42,12 @@ impl Session {
             ));
             return Ok(Step::Next);
         }
-        let def = self.shared.statements.intern(definition);
+        let context = self
+            .tenant
+            .as_ref()
+            .map(|t| t.plan_context.as_bytes())
+            .unwrap_or_default();
+        let def = self.shared.statements.intern_in(context, definition);
         self.statements.insert(name, def.clone());
         let Some(co) = self.server.as_mut() else {
             return Ok(Step::Next);
@@ -79,6 +84,10 @@ impl Session {
         let Some(co) = self.server.as_mut() else {
             return;
         };
+        for stale in co.conn().statements.take_stale() {
+            fe::put_target(&mut self.sout, b'C', b'S', &stale.name);
+            self.pending.push(Kind::Close, Action::Swallow);
+        }
         if let Some(victim) = co.conn().statements.insert(def.clone(), max) {
             fe::put_target(&mut self.sout, b'C', b'S', &victim.name);
             self.pending.push(Kind::Close, Action::Swallow);
@@ -92,6 +101,7 @@ impl Session {
             name: client_name.map(Into::into),
             sent: None,
             text: None,
+            uses: None,
         });
     }
 }

@@ -209,6 +209,15 @@ impl Session {
         };
         if tag == b'E' {
             self.undo_statement(&unit);
+            if let Some(id) = unit.uses {
+                // "cached plan must not change result type" (DDL since it was prepared): the
+                // shared statement is closed and prepared again on its next use.
+                if parse_error_fields(body).code == b"0A000" {
+                    if let Some(co) = self.server.as_mut() {
+                        co.conn().statements.invalidate(id);
+                    }
+                }
+            }
             self.after_error(unit.kind, matches!(unit.action, Action::Swallow));
         }
         if forward {

@@ -73,6 +73,8 @@ pub struct Unit {
     pub sent: Option<Instant>,
     /// The statement's text, kept only when query statistics or the slow log need it.
     pub text: Option<crate::querystats::QueryText>,
+    /// Shared statement this Bind/Describe uses (invalidated if its plan went stale).
+    pub uses: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +100,7 @@ impl Pending {
             name: None,
             sent: None,
             text: None,
+            uses: None,
         });
     }
     #[inline]
@@ -197,6 +200,7 @@ mod tests {
             name: None,
             sent: None,
             text: None,
+            uses: None,
         });
         p.push(Kind::Sync, Action::Forward);
         p.pop();

@@ -38,7 +38,21 @@ const MAX_INTERNED: usize = 100_000;
 
 impl Registry {
     pub fn intern(&self, definition: &[u8]) -> Arc<StatementDef> {
-        if let Some(d) = self.by_def.get(definition) {
+        self.intern_in(b"", definition)
+    }
+
+    /// Intern a definition prepared in a context (the tenant's search_path): the same text
+    /// may resolve to other tables, columns and parameter types in another context, so
+    /// statements are shared only within one context.
+    pub fn intern_in(&self, context: &[u8], definition: &[u8]) -> Arc<StatementDef> {
+        let keyed;
+        let key: &[u8] = if context.is_empty() {
+            definition
+        } else {
+            keyed = [context, b"\xff", definition].concat();
+            &keyed
+        };
+        if let Some(d) = self.by_def.get(key) {
             return d.clone();
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
@@ -51,7 +65,7 @@ impl Registry {
         if self.by_def.len() >= MAX_INTERNED {
             return def;
         }
-        self.by_def.entry(definition.into()).or_insert(def).clone()
+        self.by_def.entry(key.into()).or_insert(def).clone()
     }
     pub fn len(&self) -> usize {
         self.by_def.len()
@@ -66,6 +80,9 @@ impl Registry {
 pub struct ServerStatements {
     map: HashMap<u64, (u64, Arc<StatementDef>)>,
     tick: u64,
+    /// Still on the server but unusable (its cached plan must not change result type after
+    /// DDL): closed before the next Parse on this connection.
+    stale: Vec<Arc<StatementDef>>,
 }
 
 impl ServerStatements {
@@ -93,8 +110,18 @@ impl ServerStatements {
     pub fn remove(&mut self, id: u64) {
         self.map.remove(&id);
     }
+    /// The statement exists on the server but must be closed and prepared again.
+    pub fn invalidate(&mut self, id: u64) {
+        if let Some((_, d)) = self.map.remove(&id) {
+            self.stale.push(d);
+        }
+    }
+    pub fn take_stale(&mut self) -> Vec<Arc<StatementDef>> {
+        std::mem::take(&mut self.stale)
+    }
     pub fn clear(&mut self) {
         self.map.clear();
+        self.stale.clear();
     }
     pub fn len(&self) -> usize {
         self.map.len()

@@ -36,6 +36,8 @@ pub struct TenantCtx {
     pub session_query: Bytes,
     /// SQL undoing `session_query`.
     pub reset_sql: String,
+    /// Prepared statements are shared only among clients with the same search_path.
+    pub plan_context: String,
     /// Setting names (lower case) this tenant's clients may not change (T3).
     protected: Arc<BTreeSet<String>>,
 }
@@ -179,6 +181,7 @@ pub fn build_one(t: Arc<Tenant>, protected: Arc<BTreeSet<String>>) -> TenantCtx 
     put_query(&mut session_query, session_sql.as_bytes());
 
     TenantCtx {
+        plan_context: search_path_value(&t.search_path),
         tenant: t,
         pairs: n,
         stmt_bit: 1u64 << n.min(63),

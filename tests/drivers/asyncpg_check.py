@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """asyncpg through pgward in transaction mode.
 
-Usage: asyncpg_check.py PLAIN_URL ACME_URL GLOBEX_URL
+Usage: asyncpg_check.py PLAIN_URL ACME_URL GLOBEX_URL [PHASE...]
+
+PHASE is one or more of `core` (the default), `features`, `schema-change`, `tenant-pool`.
 
 PLAIN_URL is a non-tenant database (dbname `app`), ACME_URL and GLOBEX_URL connect as the
 tenants acme and globex (dbname `acme` / `globex`). Every check asserts its results; any
@@ -11,10 +13,26 @@ script exit non-zero with the failures listed. On success prints one summary lin
 asyncpg uses named prepared statements for every parameterised query (its statement cache,
 `__asyncpg_stmt_N__` names), so this exercises pgward's prepared statement mapping with
 hundreds of clients over few server connections.
+
+Phases:
+  core           300 tasks over an asyncpg pool of 100 (and 100 short-lived connections):
+                 parameterised queries through the statement cache, executemany, explicit
+                 transactions; the two tenants running the same statement text.
+  features       cursors (named portals, prefetch), copy_records_to_table / copy_from_query,
+                 an enum type (asyncpg's type introspection), statement cache eviction.
+  schema-change  a cached statement after ALTER TABLE: asyncpg gets "cached plan must not
+                 change result type", drops its cache and prepares the text again; on
+                 PostgreSQL that retry succeeds.
+  tenant-pool    an asyncpg Pool on a tenant URL: asyncpg's reset on release sends
+                 `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`.
 """
 
 import asyncio
+import hashlib
+import io
+import os
 import sys
+import threading
 import time
 import traceback
 
@@ -24,7 +42,7 @@ TASKS = 300
 POOL_SIZE = 100
 ITERATIONS = 20
 TENANT_ROUNDS = 200
-TIMEOUT = 240  # seconds for the whole script
+TIMEOUT = 200  # seconds for the whole script (then the watchdog reports and exits)
 
 TENANT_SQL = "SELECT string_agg(name, ',' ORDER BY id) FROM items"
 TENANT_WANT = {"acme": "acme-one,acme-two", "globex": "globex-one"}
@@ -34,6 +52,8 @@ class Stats:
     def __init__(self):
         self.queries = 0
         self.errors = []
+        self.phase = "start"
+        self.tasks_done = 0
 
     def fail(self, where, err):
         msg = f"{where}: {type(err).__name__}: {err}"
@@ -181,18 +201,53 @@ async def guarded(coro, where, stats):
         stats.fail(where, e)
         if len(stats.errors) <= 3:
             traceback.print_exc(file=sys.stderr)
+    finally:
+        stats.tasks_done += 1
 
 
-async def main(plain_url, acme_url, globex_url):
-    stats = Stats()
+def start_watchdog(stats, loop):
+    """At TIMEOUT: print where things stand (progress, pending asyncio tasks with their
+    stacks) and exit hard, so a hang through the proxy is reported instead of blocking."""
+
+    def fire():
+        time.sleep(TIMEOUT)
+        out = sys.stderr
+        print(f"asyncpg: FAILED: no result after {TIMEOUT}s (hang?) in phase {stats.phase!r}: "
+              f"{stats.tasks_done} tasks done, {stats.queries} queries ok, {len(stats.errors)} errors", file=out)
+        for e in stats.errors[:10]:
+            print(f"  {e}", file=out)
+        try:
+            tasks = list(asyncio.all_tasks(loop))
+        except RuntimeError:
+            tasks = []
+        print(f"  {len(tasks)} asyncio tasks pending; where the first 5 wait:", file=out)
+        for t in tasks[:5]:
+            print(f"  task {t.get_name()}:", file=out)
+            # walk the chain of awaited coroutines (Task.print_stack shows only the outer one)
+            coro, depth = t.get_coro(), 0
+            while coro is not None and depth < 30:
+                frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                if frame is not None:
+                    print(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}", file=out)
+                else:
+                    print(f"    {coro!r}", file=out)
+                coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+                depth += 1
+        out.flush()
+        os._exit(3)
+
+    threading.Thread(target=fire, daemon=True).start()
+
+
+async def phase_core(plain_url, acme_url, globex_url, stats):
     t0 = time.monotonic()
-
     setup = await asyncpg.connect(plain_url)
     await setup.execute(
         "DROP TABLE IF EXISTS asyncpg_rows; CREATE TABLE asyncpg_rows (task int, seq int, val text, PRIMARY KEY (task, seq))"
     )
     await setup.close()
 
+    stats.phase = "core: pool"
     pool = await asyncpg.create_pool(plain_url, min_size=POOL_SIZE, max_size=POOL_SIZE)
     try:
         await asyncio.gather(*[guarded(worker(pool, n, stats), f"pool task {n}", stats) for n in range(TASKS)])
@@ -200,10 +255,12 @@ async def main(plain_url, acme_url, globex_url):
         await pool.close()
     t_pool = time.monotonic() - t0
 
+    stats.phase = "core: own connections"
     await asyncio.gather(
         *[guarded(own_connection_worker(plain_url, n, stats), f"own-connection task {n}", stats) for n in range(100)]
     )
 
+    stats.phase = "core: tenants"
     await guarded(tenant_check(acme_url, globex_url, stats), "tenant check", stats)
 
     # the total, read back through a fresh connection
@@ -217,12 +274,143 @@ async def main(plain_url, acme_url, globex_url):
             await c.close()
 
     await guarded(total(), "final count", stats)
+    return (f"core: {TASKS} pooled tasks (pool of {POOL_SIZE}, {t_pool:.1f}s) + 100 own-connection tasks "
+            f"+ tenant same-text check")
 
+
+async def phase_features(plain_url, acme_url, globex_url, stats):
+    conn = await asyncpg.connect(plain_url, statement_cache_size=4)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS asyncpg_copy; DROP TYPE IF EXISTS asyncpg_mood;"
+            "CREATE TYPE asyncpg_mood AS ENUM ('sad', 'ok', 'happy');"
+            "CREATE TABLE asyncpg_copy (id int PRIMARY KEY, payload text, mood asyncpg_mood)"
+        )
+        # enum parameters and results: asyncpg introspects the type with its own statements
+        for m in ("sad", "ok", "happy"):
+            v = await conn.fetchval("SELECT $1::asyncpg_mood", m)
+            check(v == m, f"enum round trip {m!r} -> {v!r}")
+            stats.queries += 1
+        # COPY in (binary) and out
+        records = [(i, f"row {i} \t \\ é", ("sad", "ok", "happy")[i % 3]) for i in range(3000)]
+        res = await conn.copy_records_to_table("asyncpg_copy", records=records)
+        check(res == "COPY 3000", f"copy_records_to_table: {res!r}")
+        back = await conn.fetch("SELECT id, payload, mood FROM asyncpg_copy ORDER BY id")
+        check([tuple(r) for r in back] == records, "rows read back differ from the rows copied in")
+        out = io.BytesIO()
+        res = await conn.copy_from_query("SELECT id, payload FROM asyncpg_copy ORDER BY id", output=out)
+        check(res == "COPY 3000", f"copy_from_query: {res!r}")
+        want = "".join(f"{i}\t{p.replace(chr(92), chr(92) * 2).replace(chr(9), chr(92) + 't')}\n" for i, p, _ in records)
+        check(hashlib.md5(out.getvalue()).hexdigest() == hashlib.md5(want.encode()).hexdigest(),
+              "copy_from_query output differs")
+        stats.queries += 3
+        # cursors: named portals with prefetch, inside a transaction
+        async with conn.transaction():
+            got = [r["id"] async for r in conn.cursor("SELECT id FROM asyncpg_copy WHERE id < $1 ORDER BY id", 500, prefetch=37)]
+            check(got == list(range(500)), f"cursor iteration returned {len(got)} rows")
+            cur = await conn.cursor("SELECT id FROM asyncpg_copy ORDER BY id")
+            first = await cur.fetch(10)
+            await cur.forward(100)
+            row = await cur.fetchrow()
+            check([r["id"] for r in first] == list(range(10)) and row["id"] == 110, f"cursor fetch/forward: {row!r}")
+            stats.queries += 2
+        # statement cache of 4 with 12 statement texts: asyncpg closes evicted statements
+        for i in range(120):
+            k = i % 12
+            v = await conn.fetchval(f"SELECT $1::int * {k}", i)
+            check(v == i * k, f"cache churn: {v!r}")
+            stats.queries += 1
+        # many statements prepared and closed explicitly
+        for i in range(50):
+            st = await conn.prepare(f"SELECT $1::text || '{i}'")
+            v = await st.fetchval("x")
+            check(v == f"x{i}", f"explicit prepare: {v!r}")
+            stats.queries += 1
+        # an error in the middle of executemany inside a transaction, then more work
+        try:
+            async with conn.transaction():
+                await conn.executemany("INSERT INTO asyncpg_copy (id, payload) VALUES ($1, $2)",
+                                       [(10000, "a"), (10001, "b"), (1, "duplicate")])
+            raise AssertionError("duplicate key accepted")
+        except asyncpg.UniqueViolationError:
+            pass
+        n = await conn.fetchval("SELECT count(*) FROM asyncpg_copy WHERE id >= $1", 10000)
+        check(n == 0, f"rows of the failed executemany are visible: {n}")
+        stats.queries += 2
+    finally:
+        await conn.close()
+    return "features: enum, COPY in/out, cursors, statement cache eviction, executemany error"
+
+
+async def phase_schema_change(plain_url, acme_url, globex_url, stats):
+    setup = await asyncpg.connect(plain_url)
+    conn = await asyncpg.connect(plain_url)
+    try:
+        await setup.execute("DROP TABLE IF EXISTS asyncpg_ddl; CREATE TABLE asyncpg_ddl (a int); INSERT INTO asyncpg_ddl VALUES (1)")
+        rows = await conn.fetch("SELECT * FROM asyncpg_ddl WHERE a = $1", 1)
+        check([tuple(r) for r in rows] == [(1,)], f"before ALTER: {rows!r}")
+        await setup.execute("ALTER TABLE asyncpg_ddl ADD COLUMN b int DEFAULT 7")
+        # asyncpg: InvalidCachedStatementError -> drop cache, prepare again, retry once
+        rows = await conn.fetch("SELECT * FROM asyncpg_ddl WHERE a = $1", 1)
+        check([tuple(r) for r in rows] == [(1, 7)], f"after ALTER: {rows!r}")
+        # a fresh connection preparing the text for the first time
+        fresh = await asyncpg.connect(plain_url)
+        try:
+            rows = await fresh.fetch("SELECT * FROM asyncpg_ddl WHERE a = $1", 1)
+            check([tuple(r) for r in rows] == [(1, 7)], f"fresh connection after ALTER: {rows!r}")
+        finally:
+            await fresh.close()
+        stats.queries += 3
+    finally:
+        await conn.close()
+        await setup.close()
+    return "schema-change: cached statement re-prepared after ALTER TABLE"
+
+
+async def phase_tenant_pool(plain_url, acme_url, globex_url, stats):
+    for tenant, url in (("acme", acme_url), ("globex", globex_url)):
+        pool = await asyncpg.create_pool(url, min_size=2, max_size=2)
+        try:
+            for i in range(10):
+                async with pool.acquire() as conn:  # released with asyncpg's reset query
+                    v = await conn.fetchval(TENANT_SQL)
+                    check(v == TENANT_WANT[tenant], f"{tenant} pool round {i}: {v!r}")
+                    stats.queries += 1
+        finally:
+            await pool.close()
+    return "tenant-pool: asyncpg pools on both tenants (reset on release)"
+
+
+PHASES = {
+    "core": phase_core,
+    "features": phase_features,
+    "schema-change": phase_schema_change,
+    "tenant-pool": phase_tenant_pool,
+}
+
+
+async def main(plain_url, acme_url, globex_url, phases):
+    stats = Stats()
+    t0 = time.monotonic()
+    done = []
+    start_watchdog(stats, asyncio.get_running_loop())
+    for name in phases:
+        stats.phase = name
+        before = len(stats.errors)
+        try:
+            summary = await PHASES[name](plain_url, acme_url, globex_url, stats)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc(file=sys.stderr)
+            stats.fail(f"phase {name}", e)
+            summary = f"{name}: FAILED"
+        if len(stats.errors) > before and not summary.endswith("FAILED"):
+            summary = f"{name}: FAILED"
+        done.append(summary)
     elapsed = time.monotonic() - t0
     if stats.errors:
         prepared = [e for e in stats.errors if "prepared statement" in e]
         print(f"asyncpg: FAILED with {len(stats.errors)} errors ({len(prepared)} about prepared statements), "
-              f"{stats.queries} queries ok in {elapsed:.1f}s", file=sys.stderr)
+              f"{stats.queries} queries ok in {elapsed:.1f}s; phases: {'; '.join(done)}", file=sys.stderr)
         seen = set()
         for e in stats.errors:
             key = e.split(":", 1)[1] if ":" in e else e
@@ -234,20 +422,17 @@ async def main(plain_url, acme_url, globex_url):
                 print("  ...", file=sys.stderr)
                 break
         return 1
-    print(f"asyncpg {asyncpg.__version__}: OK: {TASKS} pooled tasks (pool of {POOL_SIZE}) + 100 own-connection tasks "
-          f"+ tenant check, {stats.queries} queries, 0 errors, pooled phase {t_pool:.1f}s, total {elapsed:.1f}s")
+    print(f"asyncpg {asyncpg.__version__}: OK: {'; '.join(done)}; {stats.queries} queries, 0 errors, {elapsed:.1f}s")
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        print("usage: asyncpg_check.py PLAIN_URL ACME_URL GLOBEX_URL", file=sys.stderr)
+    if len(sys.argv) < 4 or any(p not in PHASES for p in sys.argv[4:]):
+        print(f"usage: asyncpg_check.py PLAIN_URL ACME_URL GLOBEX_URL [{'|'.join(PHASES)}]...", file=sys.stderr)
         sys.exit(2)
+    phases = sys.argv[4:] or ["core"]
     try:
-        rc = asyncio.run(asyncio.wait_for(main(*sys.argv[1:]), TIMEOUT))
-    except asyncio.TimeoutError:
-        print(f"asyncpg: FAILED: timed out after {TIMEOUT}s (hang?)", file=sys.stderr)
-        rc = 1
+        rc = asyncio.run(main(*sys.argv[1:4], phases))
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
         print(f"asyncpg: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
