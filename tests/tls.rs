@@ -256,3 +256,61 @@ async fn auth_query_with_scram_pass_through() {
     let a = h.connect("app_user", "app").await;
     assert_eq!(scalar(&a, "SELECT current_user").await, "pgward");
 }
+
+/// Certificates are rotated by RELOAD (or SIGHUP) without dropping established connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_keeps_established_connections() {
+    let certs = make_certs();
+    let d = certs.display();
+    let h = Harness::start(Opts {
+        extra: format!("\n[tls]\ncert = \"{d}/server.crt\"\nkey = \"{d}/server.key\"\n"),
+        ..Opts::default()
+    })
+    .await;
+    let bin = h.pg.bin_dir().to_path_buf();
+    let port = h.port();
+    // a long-lived TLS client session (psql reading statements from stdin)
+    let mut child = Command::new(bin.join("psql"))
+        .arg(format!("host=127.0.0.1 port={port} user=app_user password={PASSWORD} dbname=app sslmode=verify-full sslrootcert={d}/ca.crt"))
+        .args(["-X", "-A", "-t"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    use std::io::{BufRead, Write};
+    writeln!(
+        stdin,
+        "SELECT 'before', ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid();"
+    )
+    .unwrap();
+    let mut first = String::new();
+    // the session is established (and answered) before the certificate changes
+    tokio::task::block_in_place(|| stdout.read_line(&mut first).unwrap());
+    assert!(first.starts_with("before|"), "{first}");
+    // new CA and certificate, then reload
+    let new = make_certs();
+    for f in ["server.crt", "server.key", "ca.crt"] {
+        std::fs::copy(new.join(f), certs.join(f)).unwrap();
+    }
+    let (ok, _, err) = tokio::task::block_in_place(|| h.psql("admin", "pgward", &["-c", "RELOAD"]));
+    assert!(ok, "{err}");
+    tokio::task::block_in_place(|| {
+        // new connections verify against the new CA
+        let (ok, out, err) = psql_conn(&bin, &format!("host=127.0.0.1 port={port} user=app_user password={PASSWORD} dbname=app sslmode=verify-full sslrootcert={d}/ca.crt"), "SELECT 'after'");
+        assert!(ok, "{err}");
+        assert_eq!(out, "after");
+    });
+    // the established session still works
+    writeln!(stdin, "SELECT 'still here';").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    tokio::task::block_in_place(|| {
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        child.wait().unwrap()
+    });
+    assert!(rest.contains("still here"), "{rest}");
+    let _ = std::fs::remove_dir_all(&certs);
+    let _ = std::fs::remove_dir_all(&new);
+}
