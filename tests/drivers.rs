@@ -1,6 +1,8 @@
 //! Real drivers through pgward in transaction mode: asyncpg and psycopg 3 (Python scripts
-//! in tests/drivers/, run with `python3`), and tokio-postgres prepared statements over a
-//! small pool.
+//! in tests/drivers/, run with `python3`), tokio-postgres prepared statements over a small
+//! pool (Close, re-prepare, failed Parse, schema changes, tenants whose same-named tables
+//! differ), and a raw-protocol client for what drivers pipeline (asyncpg's COPY data sent
+//! behind the COPY Query without waiting for CopyInResponse).
 //!
 //! The Python tests need `python3 -m pip install asyncpg "psycopg[binary]"` (.ci/run does
 //! this). Without them the tests print "SKIPPED: …" and pass, except when the `CI`
@@ -190,6 +192,17 @@ async fn asyncpg_prepared_statements_and_tenants() {
     run_script(&h, "asyncpg_check.py", &["core", "features"]).await;
     // the pool stayed within its size
     assert!(h.upstream_connections().await <= 5);
+}
+
+/// asyncpg's COPY: CopyData and CopyDone are written right behind the COPY Query, before
+/// the server's CopyInResponse has arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_copy_in_and_out() {
+    if !require_python_module("asyncpg") {
+        return;
+    }
+    let h = Harness::start(driver_opts(5)).await;
+    run_script(&h, "asyncpg_check.py", &["copy"]).await;
 }
 
 /// asyncpg's answer to "cached plan must not change result type" (after ALTER TABLE):
@@ -549,6 +562,34 @@ async fn tokio_postgres_reprepare_after_schema_change() {
     other.query_one(&s3, &[]).await.unwrap();
 }
 
+/// A type dropped and created again (a migration run twice, a test suite's setup): same name,
+/// new OID. A statement whose parameter is that type, prepared before, must not be reused for
+/// a client that prepares the text afterwards: on PostgreSQL a new Parse resolves the new type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_prepare_after_type_recreated() {
+    let h = Harness::start(driver_opts(1)).await;
+    let sql = "SELECT $1::rt_level::text";
+    for round in 0..3 {
+        let c = h.connect("app_user", "app").await;
+        c.batch_execute(
+            "DROP TYPE IF EXISTS rt_level; CREATE TYPE rt_level AS ENUM ('low', 'high')",
+        )
+        .await
+        .unwrap();
+        let s = c.prepare(sql).await.unwrap_or_else(|e| {
+            panic!("round {round}: prepare `{sql}` after DROP TYPE + CREATE TYPE: {e:?}")
+        });
+        // the parameter is the type that exists now (tokio-postgres looked it up by OID)
+        assert_eq!(s.params()[0].name(), "rt_level");
+        let oid: u32 = c
+            .query_one("SELECT 'rt_level'::regtype::oid", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(s.params()[0].oid(), oid, "round {round}: stale type OID");
+    }
+}
+
 /// Schema-per-tenant where the tenants' tables differ (a migration applied to one tenant
 /// first): the same statement text resolves to different tables with different columns.
 /// Each tenant must get its own table's columns and rows, as it would on PostgreSQL.
@@ -629,4 +670,167 @@ async fn tokio_postgres_same_text_different_tenant_parameter_types() {
     assert_eq!(v, "globex-x42");
     let v: String = acme.query_one(&pa, &[&42i32]).await.unwrap().get(0);
     assert_eq!(v, "acme-42");
+}
+
+// ---- raw protocol: what a driver may pipeline ---------------------------------------------
+
+/// A minimal frontend over TCP: md5 login, then raw messages.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Raw {
+    async fn connect(port: u16, user: &str, db: &str) -> Raw {
+        use tokio::io::AsyncWriteExt;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut r = Raw {
+            stream,
+            buf: Vec::new(),
+        };
+        let mut body = 196608i32.to_be_bytes().to_vec();
+        for kv in ["user", user, "database", db] {
+            body.extend_from_slice(&cstr(kv));
+        }
+        body.push(0);
+        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        startup.extend_from_slice(&body);
+        r.stream.write_all(&startup).await.unwrap();
+        let (tag, body) = r.next().await;
+        assert_eq!(tag, b'R', "{}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            &body[..4],
+            &5i32.to_be_bytes(),
+            "md5 authentication expected"
+        );
+        let inner = md5_hex(format!("{PASSWORD}{user}").as_bytes());
+        let mut salted = inner.into_bytes();
+        salted.extend_from_slice(&body[4..8]);
+        let pw = format!("md5{}", md5_hex(&salted));
+        r.send(&msg(b'p', &cstr(&pw))).await;
+        let (tags, text) = r.until_ready().await;
+        assert!(tags.starts_with(b"R"), "login: {tags:?} {text}");
+        r
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn next(&mut self) -> (u8, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    let body = self.buf[5..1 + len].to_vec();
+                    self.buf.drain(..1 + len);
+                    return (tag, body);
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "pgward closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Messages up to and including ReadyForQuery: their tags, and the text of
+    /// CommandComplete / DataRow / ErrorResponse bodies.
+    async fn until_ready(&mut self) -> (Vec<u8>, String) {
+        let mut tags = Vec::new();
+        let mut text = String::new();
+        loop {
+            let (tag, body) = self.next().await;
+            tags.push(tag);
+            match tag {
+                b'C' | b'E' | b'D' => {
+                    text.push_str(&String::from_utf8_lossy(&body).replace('\0', " "));
+                    text.push('|');
+                }
+                b'Z' => return (tags, text),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// asyncpg's way of COPY FROM STDIN, on the wire: Query, CopyData and CopyDone in one write,
+/// before the server's CopyInResponse. PostgreSQL processes them in order; a proxy that
+/// drops the CopyData/CopyDone leaves the server waiting for data forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_data_pipelined_behind_the_copy_query() {
+    let h = Harness::start(driver_opts(2)).await;
+    let direct = h.connect_direct().await;
+    direct
+        .batch_execute("CREATE TABLE raw_copy (id int, name text)")
+        .await
+        .unwrap();
+    for round in 0..20 {
+        let mut r = Raw::connect(h.port(), "md5_user", "app").await;
+        let mut out = msg(b'Q', &cstr("COPY raw_copy FROM STDIN"));
+        out.extend(msg(b'd', b"1\tone\n2\ttwo\n"));
+        out.extend(msg(b'd', b"3\tthree\n"));
+        out.extend(msg(b'c', b""));
+        r.send(&out).await;
+        let (tags, text) = tokio::time::timeout(Duration::from_secs(10), r.until_ready())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "round {round}: no ReadyForQuery within 10s after Query(COPY … FROM STDIN) + CopyData + CopyDone sent together: the CopyData/CopyDone were lost"
+                )
+            });
+        assert_eq!(tags, b"GCZ", "round {round}: {text}");
+        assert!(text.starts_with("COPY 3"), "round {round}: {text}");
+        // the same with extended protocol: Parse/Bind/Execute/Sync, then the data
+        let mut out = msg(
+            b'P',
+            &[cstr(""), cstr("COPY raw_copy FROM STDIN"), vec![0, 0]].concat(),
+        );
+        out.extend(msg(
+            b'B',
+            &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat(),
+        ));
+        out.extend(msg(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()));
+        out.extend(msg(b'd', b"4\tfour\n"));
+        out.extend(msg(b'c', b""));
+        out.extend(msg(b'S', b""));
+        r.send(&out).await;
+        let (tags, text) = tokio::time::timeout(Duration::from_secs(10), r.until_ready())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "round {round}: extended COPY with pipelined data: no ReadyForQuery within 10s"
+                )
+            });
+        assert_eq!(tags, b"12GCZ", "round {round}: {text}");
+        r.send(&msg(b'X', b"")).await;
+    }
+    let n = scalar(&direct, "SELECT count(*) FROM raw_copy").await;
+    assert_eq!(n, "80");
 }

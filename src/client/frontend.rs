@@ -110,11 +110,14 @@ impl Session {
                 Ok(Step::Next)
             }
             b'd' | b'c' | b'f' => {
-                // COPY data; outside COPY, PostgreSQL ignores these too.
-                if self.server.is_some() && self.copy_in {
+                // COPY data, possibly pipelined before the server's CopyInResponse (asyncpg
+                // does that); outside COPY, PostgreSQL ignores these messages, and so does
+                // the proxy when it holds no server connection.
+                if self.server.is_some() {
                     self.sout.extend_from_slice(frame);
                     if tag != b'd' {
                         self.copy_in = false;
+                        self.pending.copy_ended();
                     }
                 }
                 Ok(Step::Next)
@@ -394,6 +397,7 @@ impl Session {
             sent,
             text,
             uses: None,
+            copy_epoch: 0,
         });
     }
 
@@ -408,6 +412,7 @@ impl Session {
             sent: Some(Instant::now()),
             text: None,
             uses: None,
+            copy_epoch: 0,
         });
     }
 

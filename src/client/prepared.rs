@@ -1,9 +1,10 @@
 //! Named prepared statements in transaction mode (see `server::prepared` for the model).
 //!
-//! Parse of a named statement binds the client's name to the shared definition; the server
-//! gets a Parse under the proxy's name only if that connection does not have it yet, else the
-//! client gets a synthesized ParseComplete in its place. Bind/Describe of a known name prepare
-//! it on demand (a swallowed Parse pipelined in front) and are renamed. A name the client
+//! Parse of a named statement binds the client's name to the shared definition and is sent
+//! under the proxy's name (closing that connection's older copy first: a Parse always parses
+//! afresh, as on PostgreSQL). Bind/Describe of a known name prepare it on demand when the
+//! connection lacks it (a swallowed Parse pipelined in front) and are renamed; that is where
+//! sharing saves work: a client's statement follows it to every server connection. A name the client
 //! never prepared passes through unchanged, so PostgreSQL reports it (26000) itself.
 
 use std::sync::Arc;
@@ -53,9 +54,9 @@ impl Session {
             return Ok(Step::Next);
         };
         if co.conn().statements.contains(def.id) {
-            crate::metrics::prepared(true);
-            self.emit_local(|out| out.extend_from_slice(b"1\0\0\0\x04"));
-            return Ok(Step::Next);
+            // A client's Parse always parses afresh, as on PostgreSQL: types or tables may
+            // have been dropped and created again since this connection prepared it.
+            co.conn().statements.invalidate(def.id);
         }
         self.prepare_on_server(&def, action, Some(name));
         Ok(Step::Next)
@@ -102,6 +103,7 @@ impl Session {
             sent: None,
             text: None,
             uses: None,
+            copy_epoch: 0,
         });
     }
 }

@@ -75,11 +75,16 @@ pub struct Unit {
     pub text: Option<crate::querystats::QueryText>,
     /// Shared statement this Bind/Describe uses (invalidated if its plan went stale).
     pub uses: Option<u64>,
+    /// How many CopyDone/CopyFail the client had sent when this request was sent.
+    pub copy_epoch: u32,
 }
 
 #[derive(Debug, Default)]
 pub struct Pending {
     q: VecDeque<Unit>,
+    /// CopyDone/CopyFail messages the client has sent (stamps units; see
+    /// [`Pending::forget_syncs_behind_front`]).
+    copy_epoch: u32,
 }
 
 impl Pending {
@@ -91,9 +96,15 @@ impl Pending {
     pub fn len(&self) -> usize {
         self.q.len()
     }
+    /// The client sent CopyDone or CopyFail.
+    pub fn copy_ended(&mut self) {
+        self.copy_epoch = self.copy_epoch.wrapping_add(1);
+    }
+
     #[inline]
     pub fn push(&mut self, kind: Kind, action: Action) {
         self.q.push_back(Unit {
+            copy_epoch: self.copy_epoch,
             kind,
             action,
             stmt: None,
@@ -104,7 +115,8 @@ impl Pending {
         });
     }
     #[inline]
-    pub fn push_unit(&mut self, unit: Unit) {
+    pub fn push_unit(&mut self, mut unit: Unit) {
+        unit.copy_epoch = self.copy_epoch;
         self.q.push_back(unit);
     }
     #[inline]
@@ -159,13 +171,20 @@ impl Pending {
         None
     }
     /// The server entered COPY IN mode for the request at the front: it ignores Sync
-    /// messages until the copy ends, so the Sync requests already sent get no answer.
+    /// messages until the copy ends, so the Syncs the client sent after that request and
+    /// before its next CopyDone/CopyFail get no answer.
     pub fn forget_syncs_behind_front(&mut self) {
+        let Some(epoch) = self.q.front().map(|u| u.copy_epoch) else {
+            return;
+        };
         let mut first = true;
         self.q.retain(|u| {
-            let keep = first || !(u.kind == Kind::Sync && matches!(u.action, Action::Forward));
+            let ignored = !first
+                && u.kind == Kind::Sync
+                && matches!(u.action, Action::Forward)
+                && u.copy_epoch == epoch;
             first = false;
-            keep
+            !ignored
         });
     }
 
@@ -201,6 +220,7 @@ mod tests {
             sent: None,
             text: None,
             uses: None,
+            copy_epoch: 0,
         });
         p.push(Kind::Sync, Action::Forward);
         p.pop();

@@ -3,7 +3,8 @@
 
 Usage: asyncpg_check.py PLAIN_URL ACME_URL GLOBEX_URL [PHASE...]
 
-PHASE is one or more of `core` (the default), `features`, `schema-change`, `tenant-pool`.
+PHASE is one or more of `core` (the default), `features`, `copy`, `schema-change`,
+`tenant-pool`.
 
 PLAIN_URL is a non-tenant database (dbname `app`), ACME_URL and GLOBEX_URL connect as the
 tenants acme and globex (dbname `acme` / `globex`). Every check asserts its results; any
@@ -18,11 +19,15 @@ Phases:
   core           300 tasks over an asyncpg pool of 100 (and 100 short-lived connections):
                  parameterised queries through the statement cache, executemany, explicit
                  transactions; the two tenants running the same statement text.
-  features       cursors (named portals, prefetch), copy_records_to_table / copy_from_query,
-                 an enum type (asyncpg's type introspection), statement cache eviction.
+  features       cursors (named portals, prefetch), an enum type (asyncpg's type
+                 introspection), statement cache eviction, explicit prepare, executemany error.
+  copy           copy_records_to_table (binary), copy_from_query, copy_to_table: asyncpg
+                 pipelines CopyData/CopyDone behind the COPY Query without waiting for
+                 CopyInResponse.
   schema-change  a cached statement after ALTER TABLE: asyncpg gets "cached plan must not
                  change result type", drops its cache and prepares the text again; on
-                 PostgreSQL that retry succeeds.
+                 PostgreSQL that retry succeeds. And a type dropped and created again: a new
+                 connection preparing `SELECT $1::type` must see the new type.
   tenant-pool    an asyncpg Pool on a tenant URL: asyncpg's reset on release sends
                  `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`.
 """
@@ -66,6 +71,14 @@ class Stats:
 def check(cond, what):
     if not cond:
         raise AssertionError(what)
+
+
+async def within(coro, seconds, what):
+    """Await `coro`; a hang becomes an AssertionError saying what did not finish."""
+    try:
+        return await asyncio.wait_for(coro, seconds)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{what} did not finish within {seconds}s (hang)") from None
 
 
 async def worker(pool, n, stats):
@@ -282,33 +295,24 @@ async def phase_features(plain_url, acme_url, globex_url, stats):
     conn = await asyncpg.connect(plain_url, statement_cache_size=4)
     try:
         await conn.execute(
-            "DROP TABLE IF EXISTS asyncpg_copy; DROP TYPE IF EXISTS asyncpg_mood;"
+            "DROP TABLE IF EXISTS asyncpg_feat; DROP TYPE IF EXISTS asyncpg_mood;"
             "CREATE TYPE asyncpg_mood AS ENUM ('sad', 'ok', 'happy');"
-            "CREATE TABLE asyncpg_copy (id int PRIMARY KEY, payload text, mood asyncpg_mood)"
+            "CREATE TABLE asyncpg_feat (id int PRIMARY KEY, payload text, mood asyncpg_mood);"
+            "INSERT INTO asyncpg_feat SELECT g, 'row ' || g, (ARRAY['sad', 'ok', 'happy'])[g % 3 + 1]::asyncpg_mood "
+            "FROM generate_series(0, 2999) g"
         )
         # enum parameters and results: asyncpg introspects the type with its own statements
         for m in ("sad", "ok", "happy"):
             v = await conn.fetchval("SELECT $1::asyncpg_mood", m)
             check(v == m, f"enum round trip {m!r} -> {v!r}")
-            stats.queries += 1
-        # COPY in (binary) and out
-        records = [(i, f"row {i} \t \\ é", ("sad", "ok", "happy")[i % 3]) for i in range(3000)]
-        res = await conn.copy_records_to_table("asyncpg_copy", records=records)
-        check(res == "COPY 3000", f"copy_records_to_table: {res!r}")
-        back = await conn.fetch("SELECT id, payload, mood FROM asyncpg_copy ORDER BY id")
-        check([tuple(r) for r in back] == records, "rows read back differ from the rows copied in")
-        out = io.BytesIO()
-        res = await conn.copy_from_query("SELECT id, payload FROM asyncpg_copy ORDER BY id", output=out)
-        check(res == "COPY 3000", f"copy_from_query: {res!r}")
-        want = "".join(f"{i}\t{p.replace(chr(92), chr(92) * 2).replace(chr(9), chr(92) + 't')}\n" for i, p, _ in records)
-        check(hashlib.md5(out.getvalue()).hexdigest() == hashlib.md5(want.encode()).hexdigest(),
-              "copy_from_query output differs")
-        stats.queries += 3
+            n = await conn.fetchval("SELECT count(*) FROM asyncpg_feat WHERE mood = $1", m)
+            check(n == 1000, f"rows with mood {m!r}: {n!r}")
+            stats.queries += 2
         # cursors: named portals with prefetch, inside a transaction
         async with conn.transaction():
-            got = [r["id"] async for r in conn.cursor("SELECT id FROM asyncpg_copy WHERE id < $1 ORDER BY id", 500, prefetch=37)]
+            got = [r["id"] async for r in conn.cursor("SELECT id FROM asyncpg_feat WHERE id < $1 ORDER BY id", 500, prefetch=37)]
             check(got == list(range(500)), f"cursor iteration returned {len(got)} rows")
-            cur = await conn.cursor("SELECT id FROM asyncpg_copy ORDER BY id")
+            cur = await conn.cursor("SELECT id FROM asyncpg_feat ORDER BY id")
             first = await cur.fetch(10)
             await cur.forward(100)
             row = await cur.fetchrow()
@@ -329,42 +333,99 @@ async def phase_features(plain_url, acme_url, globex_url, stats):
         # an error in the middle of executemany inside a transaction, then more work
         try:
             async with conn.transaction():
-                await conn.executemany("INSERT INTO asyncpg_copy (id, payload) VALUES ($1, $2)",
+                await conn.executemany("INSERT INTO asyncpg_feat (id, payload) VALUES ($1, $2)",
                                        [(10000, "a"), (10001, "b"), (1, "duplicate")])
             raise AssertionError("duplicate key accepted")
         except asyncpg.UniqueViolationError:
             pass
-        n = await conn.fetchval("SELECT count(*) FROM asyncpg_copy WHERE id >= $1", 10000)
+        n = await conn.fetchval("SELECT count(*) FROM asyncpg_feat WHERE id >= $1", 10000)
         check(n == 0, f"rows of the failed executemany are visible: {n}")
         stats.queries += 2
     finally:
         await conn.close()
-    return "features: enum, COPY in/out, cursors, statement cache eviction, executemany error"
+    return "features: enum, cursors, statement cache eviction, explicit prepare, executemany error"
+
+
+async def phase_copy(plain_url, acme_url, globex_url, stats):
+    """asyncpg sends CopyData and CopyDone right behind the COPY Query, without waiting for
+    CopyInResponse (PostgreSQL reads them in order)."""
+    conn = await asyncpg.connect(plain_url)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS asyncpg_copy; CREATE TABLE asyncpg_copy (id int PRIMARY KEY, payload text)"
+        )
+        records = [(i, f"row {i} \t \\ é") for i in range(3000)]
+        # binary COPY FROM STDIN of records; a few rounds, since whether the data overtakes
+        # the server's CopyInResponse depends on timing
+        for round_ in range(10):
+            await conn.execute("TRUNCATE asyncpg_copy")
+            res = await within(conn.copy_records_to_table("asyncpg_copy", records=records), 20,
+                               f"copy_records_to_table (COPY ... FROM STDIN (FORMAT binary), 3000 rows), round {round_}")
+            check(res == "COPY 3000", f"copy_records_to_table: {res!r}")
+        back = await conn.fetch("SELECT id, payload FROM asyncpg_copy ORDER BY id")
+        check([tuple(r) for r in back] == records, "rows read back differ from the rows copied in")
+        # COPY TO STDOUT, checksummed
+        out = io.BytesIO()
+        res = await within(conn.copy_from_query("SELECT id, payload FROM asyncpg_copy ORDER BY id", output=out), 30,
+                           "copy_from_query (COPY ... TO STDOUT)")
+        check(res == "COPY 3000", f"copy_from_query: {res!r}")
+        want = "".join(f"{i}\t{p.replace(chr(92), chr(92) * 2).replace(chr(9), chr(92) + 't')}\n" for i, p in records)
+        check(hashlib.md5(out.getvalue()).hexdigest() == hashlib.md5(want.encode()).hexdigest(),
+              "copy_from_query output differs")
+        # text COPY FROM STDIN of a bytes source, back into a second table
+        await conn.execute("DROP TABLE IF EXISTS asyncpg_copy2; CREATE TABLE asyncpg_copy2 (id int, payload text)")
+        res = await within(conn.copy_to_table("asyncpg_copy2", source=io.BytesIO(out.getvalue())), 30,
+                           "copy_to_table (COPY ... FROM STDIN, text)")
+        check(res == "COPY 3000", f"copy_to_table: {res!r}")
+        same = await conn.fetchval(
+            "SELECT count(*) FROM asyncpg_copy a JOIN asyncpg_copy2 b USING (id) WHERE a.payload = b.payload")
+        check(same == 3000, f"copy_to_table: {same} rows equal")
+        stats.queries += 6
+    finally:
+        conn.terminate()
+    return "copy: copy_records_to_table (binary), copy_from_query, copy_to_table, 3000 rows with checksums"
 
 
 async def phase_schema_change(plain_url, acme_url, globex_url, stats):
-    setup = await asyncpg.connect(plain_url)
-    conn = await asyncpg.connect(plain_url)
-    try:
-        await setup.execute("DROP TABLE IF EXISTS asyncpg_ddl; CREATE TABLE asyncpg_ddl (a int); INSERT INTO asyncpg_ddl VALUES (1)")
-        rows = await conn.fetch("SELECT * FROM asyncpg_ddl WHERE a = $1", 1)
-        check([tuple(r) for r in rows] == [(1,)], f"before ALTER: {rows!r}")
-        await setup.execute("ALTER TABLE asyncpg_ddl ADD COLUMN b int DEFAULT 7")
-        # asyncpg: InvalidCachedStatementError -> drop cache, prepare again, retry once
-        rows = await conn.fetch("SELECT * FROM asyncpg_ddl WHERE a = $1", 1)
-        check([tuple(r) for r in rows] == [(1, 7)], f"after ALTER: {rows!r}")
+    async def altered_table():
+        setup = await asyncpg.connect(plain_url)
+        conn = await asyncpg.connect(plain_url)
+        try:
+            await setup.execute("DROP TABLE IF EXISTS asyncpg_ddl; CREATE TABLE asyncpg_ddl (a int); INSERT INTO asyncpg_ddl VALUES (1)")
+            rows = await conn.fetch("SELECT * FROM asyncpg_ddl WHERE a = $1", 1)
+            check([tuple(r) for r in rows] == [(1,)], f"before ALTER: {rows!r}")
+            await setup.execute("ALTER TABLE asyncpg_ddl ADD COLUMN b int DEFAULT 7")
+            # asyncpg: InvalidCachedStatementError -> drop cache, prepare again, retry once
+            rows = await conn.fetch("SELECT * FROM asyncpg_ddl WHERE a = $1", 1)
+            check([tuple(r) for r in rows] == [(1, 7)], f"after ALTER: {rows!r}")
+            stats.queries += 2
+        finally:
+            await conn.close()
+            await setup.close()
         # a fresh connection preparing the text for the first time
         fresh = await asyncpg.connect(plain_url)
         try:
             rows = await fresh.fetch("SELECT * FROM asyncpg_ddl WHERE a = $1", 1)
             check([tuple(r) for r in rows] == [(1, 7)], f"fresh connection after ALTER: {rows!r}")
+            stats.queries += 1
         finally:
             await fresh.close()
-        stats.queries += 3
-    finally:
-        await conn.close()
-        await setup.close()
-    return "schema-change: cached statement re-prepared after ALTER TABLE"
+
+    async def recreated_type():
+        # a type dropped and created again (a migration re-run): new OID, same name
+        for round_ in range(2):
+            conn = await asyncpg.connect(plain_url)
+            try:
+                await conn.execute("DROP TYPE IF EXISTS asyncpg_level; CREATE TYPE asyncpg_level AS ENUM ('low', 'high')")
+                v = await conn.fetchval("SELECT $1::asyncpg_level", "high")
+                check(v == "high", f"round {round_}: {v!r}")
+                stats.queries += 1
+            finally:
+                await conn.close()
+
+    await guarded(altered_table(), "schema-change: ALTER TABLE, then the same SELECT *", stats)
+    await guarded(recreated_type(), "schema-change: DROP TYPE + CREATE TYPE, then a new connection", stats)
+    return "schema-change: statement prepared again after ALTER TABLE and after a type was re-created"
 
 
 async def phase_tenant_pool(plain_url, acme_url, globex_url, stats):
@@ -384,6 +445,7 @@ async def phase_tenant_pool(plain_url, acme_url, globex_url, stats):
 PHASES = {
     "core": phase_core,
     "features": phase_features,
+    "copy": phase_copy,
     "schema-change": phase_schema_change,
     "tenant-pool": phase_tenant_pool,
 }
