@@ -8,6 +8,7 @@
 //!   every SET the proxy issues, so the diff is computed without asking the server.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// Reported parameters a client may choose, which follow it across server connections.
 pub const SYNCED_REPORTED: &[&str] = &[
@@ -61,35 +62,83 @@ impl ParamSet {
     }
 }
 
+/// A shared base set (the pool's baseline, one per pool) with per-client overrides: an idle
+/// client costs only what it changed.
+#[derive(Clone, Debug, Default)]
+pub struct Layered {
+    base: Arc<ParamSet>,
+    over: ParamSet,
+}
+
+impl Layered {
+    pub fn get(&self, lname: &str) -> Option<&str> {
+        self.over.get(lname).or_else(|| self.base.get(lname))
+    }
+    /// Set a value; returns true if the effective value changed.
+    pub fn set(&mut self, name: &str, value: &str) -> bool {
+        if self.get(&name.to_ascii_lowercase()) == Some(value) {
+            return false;
+        }
+        self.over.set(name, value);
+        true
+    }
+    /// Effective values: (lower-case name, display name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        let over = &self.over;
+        self.base
+            .iter()
+            .map(move |(l, d, v)| (l, d, over.get(l).unwrap_or(v)))
+            .chain(
+                over.iter()
+                    .filter(move |(l, _, _)| self.base.get(l).is_none()),
+            )
+    }
+    /// The display name of a parameter (as PostgreSQL reports it), if known.
+    pub fn display(&self, lname: &str) -> Option<&str> {
+        self.iter().find(|(l, _, _)| *l == lname).map(|(_, d, _)| d)
+    }
+}
+
 /// What a client wants: the server's reported values as told at login, overridden by its
 /// startup parameters and by later ParameterStatus messages it received.
 #[derive(Clone, Debug, Default)]
 pub struct ClientParams {
-    pub values: ParamSet,
-    /// Lower-case names to carry across server connections.
-    pub synced: Vec<Box<str>>,
+    pub values: Layered,
+    /// Lower-case names to carry across server connections, beyond [`SYNCED_REPORTED`].
+    extra: Vec<Box<str>>,
 }
 
 impl ClientParams {
     /// Build from the pool's baseline ParameterStatus set and the client's startup parameters.
-    pub fn new(baseline: &ParamSet, startup: &[(String, String)]) -> ClientParams {
-        let mut values = baseline.clone();
-        let mut synced: Vec<Box<str>> = SYNCED_REPORTED.iter().map(|s| (*s).into()).collect();
+    pub fn new(baseline: &Arc<ParamSet>, startup: &[(String, String)]) -> ClientParams {
+        let mut values = Layered {
+            base: baseline.clone(),
+            over: ParamSet::default(),
+        };
+        let mut extra: Vec<Box<str>> = Vec::new();
         for (k, v) in startup {
             let lk = k.to_ascii_lowercase();
             if NOT_SETTINGS.contains(&lk.as_str()) || lk.starts_with("_pq_.") {
                 continue;
             }
             values.set(k, v);
-            if !synced.iter().any(|s| **s == *lk) {
-                synced.push(lk.into());
+            if !SYNCED_REPORTED.contains(&lk.as_str()) && !extra.iter().any(|s| **s == *lk) {
+                extra.push(lk.into());
             }
         }
-        ClientParams { values, synced }
+        ClientParams { values, extra }
+    }
+
+    /// Lower-case names of the parameters that follow the client.
+    pub fn synced(&self) -> impl Iterator<Item = &str> {
+        SYNCED_REPORTED
+            .iter()
+            .copied()
+            .chain(self.extra.iter().map(|s| &**s))
     }
 
     pub fn is_synced(&self, lname: &str) -> bool {
-        self.synced.iter().any(|s| &**s == lname)
+        self.synced().any(|s| s == lname)
     }
 }
 
@@ -116,7 +165,7 @@ impl ServerParams {
     /// them as applied. Returns false (and appends nothing) when it already matches.
     pub fn sync_to(&mut self, client: &ClientParams, sql: &mut String) -> bool {
         let start = sql.len();
-        for lname in &client.synced {
+        for lname in client.synced() {
             let want = client.values.get(lname);
             let have = self.current.get(lname);
             if want == have {
@@ -125,12 +174,7 @@ impl ServerParams {
             match want {
                 Some(v) => {
                     let _ = write!(sql, "SET {} TO {};", quote_ident(lname), quote_literal(v));
-                    let display = client
-                        .values
-                        .iter()
-                        .find(|(l, _, _)| l == &&**lname)
-                        .map(|(_, d, _)| d.to_string())
-                        .unwrap_or_else(|| lname.to_string());
+                    let display = client.values.display(lname).unwrap_or(lname).to_string();
                     self.current.set(&display, v);
                 }
                 None => {
@@ -205,8 +249,9 @@ mod tests {
         server.observe(b"DateStyle", b"ISO, MDY");
         server.observe(b"server_version", b"15.0");
         server.mark_baseline();
+        let base = Arc::new(server.baseline.clone());
         let client = ClientParams::new(
-            &server.baseline,
+            &base,
             &[
                 ("user".into(), "u".into()),
                 ("application_name".into(), "psql".into()),
@@ -222,7 +267,7 @@ mod tests {
         sql.clear();
         assert!(!server.sync_to(&client, &mut sql));
         // another client without extra_float_digits gets it reset
-        let other = ClientParams::new(&server.baseline, &[]);
+        let other = ClientParams::new(&base, &[]);
         assert!(server.sync_to(&other, &mut sql));
         assert_eq!(
             sql,
