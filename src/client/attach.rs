@@ -20,7 +20,8 @@ impl Session {
             }
         }
         self.info.state.store(2, Ordering::Relaxed);
-        let r = self.pool.checkout().await;
+        // Boxed so that waiting for a server does not enlarge every idle client's task.
+        let r = Box::pin(self.pool.checkout()).await;
         self.info.state.store(1, Ordering::Relaxed);
         let mut co = r.map_err(|e| {
             self.info.state.store(0, Ordering::Relaxed);

@@ -62,7 +62,13 @@ pub async fn handle(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
         shared.client_count.fetch_sub(1, Ordering::AcqRel);
         return;
     }
-    let r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, addr, &shared)).await;
+    // Boxed: the handshake's state (TLS, SCRAM, a possible first server connect) is large and
+    // needed only once; inline it would stay in every idle client's task.
+    let r = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        Box::pin(handshake(stream, addr, &shared)),
+    )
+    .await;
     match r {
         Ok(Some(session)) => {
             let id = session.info.id;

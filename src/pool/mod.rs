@@ -157,7 +157,8 @@ impl Pool {
         crate::metrics::checkout_wait(self.name(), waited);
         let conn = match self.take_idle() {
             Some(c) => c,
-            None => self.open().await?,
+            // Boxed: connecting (TLS, SCRAM) is rare and its state large.
+            None => Box::pin(self.open()).await?,
         };
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stats.checkouts_total.fetch_add(1, Ordering::Relaxed);
