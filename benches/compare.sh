@@ -255,6 +255,9 @@ password = "$PASSWORD"
 name = "idle"
 auth = "trust"
 EOF
+        if [[ -z $http ]]; then
+            printf '\n[metrics]\nenabled = false\n'
+        fi
         if [[ $tenant == 1 ]]; then
             cat <<EOF
 
