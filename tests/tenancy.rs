@@ -158,6 +158,20 @@ async fn failed_and_open_transactions_are_not_broken_by_injection() {
     assert_eq!(sqlstate(&e), "25P02");
     c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(scalar(&c, PROBE).await, expected("acme"));
+    // a multi-statement Query that commits part-way keeps the context after the COMMIT
+    let rows = c
+        .simple_query("BEGIN; SELECT 1; COMMIT; SELECT current_setting('app.tenant_id') || '|' || current_setting('search_path')")
+        .await
+        .unwrap();
+    let last = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+            _ => None,
+        })
+        .last()
+        .unwrap();
+    assert_eq!(last, "acme|acme, public");
     // error positions still point into the client's own text
     let e = c
         .simple_query("SELECT nosuchcolumn FROM items")

@@ -209,7 +209,12 @@ impl Session {
         } else {
             self.vet(&a)
         };
-        let non_txn = replacement.is_none() && a.flags.contains(Flags::NON_TXN);
+        // Statements that cannot run in a transaction block, and multi-statement Queries that
+        // end a transaction part-way (`BEGIN; …; COMMIT; SELECT …`): a transaction-local
+        // context would not cover everything, so it is set at session level and reset after.
+        let non_txn = replacement.is_none()
+            && (a.flags.contains(Flags::NON_TXN)
+                || (a.flags.contains(Flags::TXN_END) && a.statements > 1));
         if a.statements == 0 && self.server.is_none() {
             // Empty query: answer like PostgreSQL without taking a server connection.
             self.emit_local(|out| {
