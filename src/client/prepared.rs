@@ -49,15 +49,16 @@ impl Session {
             .map(|t| t.plan_context.as_bytes())
             .unwrap_or_default();
         let def = self.shared.statements.intern_in(context, definition);
+        // A client's Parse always parses afresh, as on PostgreSQL: types or tables may have
+        // been dropped and created again since any connection prepared it. Copies on other
+        // connections are re-prepared on their next use.
+        def.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.statements.insert(name, def.clone());
         let Some(co) = self.server.as_mut() else {
             return Ok(Step::Next);
         };
-        if co.conn().statements.contains(def.id) {
-            // A client's Parse always parses afresh, as on PostgreSQL: types or tables may
-            // have been dropped and created again since this connection prepared it.
-            co.conn().statements.invalidate(def.id);
-        }
+        let _ = co.conn().statements.has_current(&def); // schedules the old copy's Close
         self.prepare_on_server(&def, action, Some(name));
         Ok(Step::Next)
     }
@@ -67,7 +68,7 @@ impl Session {
     pub(super) fn ensure_prepared(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
         let def = self.statements.get(name)?.clone();
         let co = self.server.as_mut()?;
-        if co.conn().statements.contains(def.id) {
+        if co.conn().statements.has_current(&def) {
             crate::metrics::prepared(true);
         } else {
             self.prepare_on_server(&def, Action::Swallow, None);

@@ -23,6 +23,10 @@ pub struct StatementDef {
     pub definition: Box<[u8]>,
     /// Normalised query text, computed on first use (query statistics).
     pub shape: std::sync::OnceLock<std::sync::Arc<str>>,
+    /// Bumped by every client Parse of this definition: copies prepared on server connections
+    /// before that are re-prepared on their next use (a type or table may have been dropped
+    /// and created again in between).
+    pub generation: AtomicU64,
 }
 
 /// Process-wide interning of statement definitions.
@@ -61,6 +65,7 @@ impl Registry {
             name: format!("pgward_{id}").into_bytes().into_boxed_slice(),
             definition: definition.into(),
             shape: std::sync::OnceLock::new(),
+            generation: AtomicU64::new(0),
         });
         if self.by_def.len() >= MAX_INTERNED {
             return def;
@@ -79,6 +84,8 @@ impl Registry {
 #[derive(Debug, Default)]
 pub struct ServerStatements {
     map: HashMap<u64, (u64, Arc<StatementDef>)>,
+    /// Generation of each statement when it was prepared here.
+    generations: HashMap<u64, u64>,
     tick: u64,
     /// Still on the server but unusable (its cached plan must not change result type after
     /// DDL): closed before the next Parse on this connection.
@@ -97,21 +104,39 @@ impl ServerStatements {
             None => false,
         }
     }
+    /// Prepared here, and not older than the definition's last client Parse? A stale copy
+    /// is scheduled for Close (see [`ServerStatements::take_stale`]).
+    #[inline]
+    pub fn has_current(&mut self, def: &StatementDef) -> bool {
+        if !self.contains(def.id) {
+            return false;
+        }
+        if self.generations.get(&def.id).copied() == Some(def.generation.load(Ordering::Relaxed)) {
+            return true;
+        }
+        self.invalidate(def.id);
+        false
+    }
     /// Record a statement; returns the least recently used one to close if over `max`.
     pub fn insert(&mut self, def: Arc<StatementDef>, max: usize) -> Option<Arc<StatementDef>> {
         self.tick += 1;
+        self.generations
+            .insert(def.id, def.generation.load(Ordering::Relaxed));
         self.map.insert(def.id, (self.tick, def));
         if self.map.len() <= max.max(1) {
             return None;
         }
         let (&victim, _) = self.map.iter().min_by_key(|(_, (t, _))| *t)?;
+        self.generations.remove(&victim);
         self.map.remove(&victim).map(|(_, d)| d)
     }
     pub fn remove(&mut self, id: u64) {
         self.map.remove(&id);
+        self.generations.remove(&id);
     }
     /// The statement exists on the server but must be closed and prepared again.
     pub fn invalidate(&mut self, id: u64) {
+        self.generations.remove(&id);
         if let Some((_, d)) = self.map.remove(&id) {
             self.stale.push(d);
         }
@@ -121,6 +146,7 @@ impl ServerStatements {
     }
     pub fn clear(&mut self) {
         self.map.clear();
+        self.generations.clear();
         self.stale.clear();
     }
     pub fn len(&self) -> usize {
