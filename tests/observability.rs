@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use common::*;
 
+/// The metrics recorder is process-wide: tests that count samples must not overlap with
+/// others recording under the same labels.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -35,6 +39,13 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Value of a sample without labels (0 if absent).
+fn unlabelled(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn count(text: &str, tenant: &str, command: &str) -> f64 {
     sample(
         text,
@@ -49,6 +60,7 @@ fn count(text: &str, tenant: &str, command: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_statement_and_error() {
+    let _serial = SERIAL.lock().await;
     let h = Harness::start(Opts {
         extra: format!("{TENANTS}\n[metrics]\ntenant_label_cap = 1\n"),
         ..Opts::default()
@@ -107,15 +119,10 @@ async fn metrics_count_every_statement_and_error() {
     assert!(after.contains("pgward_transaction_duration_seconds_bucket"));
     assert!(after.contains("pgward_server_connections{"));
     assert!(
-        sample(&after, "pgward_prepared_statements_issued_total", &[]) >= 1.0
-            || after.contains("pgward_prepared_statements_issued_total ")
+        unlabelled(&after, "pgward_prepared_statements_issued_total") >= 1.0,
+        "{after}"
     );
-    let hits = after
-        .lines()
-        .find(|l| l.starts_with("pgward_prepared_statement_cache_hits_total "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let hits = unlabelled(&after, "pgward_prepared_statement_cache_hits_total");
     assert!(
         hits >= 2.0,
         "pipelined executions of one prepared statement hit the cache"
@@ -134,6 +141,7 @@ async fn metrics_count_every_statement_and_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_follows_the_upstream() {
+    let _serial = SERIAL.lock().await;
     let h = Harness::start(Opts::default()).await;
     let http = h.proxy.http_addr.unwrap();
     let c = h.connect("app_user", "app").await;
@@ -197,6 +205,7 @@ fn columns(h: &Harness, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_console_commands() {
+    let _serial = SERIAL.lock().await;
     let h = Harness::start(Opts {
         extra: TENANTS.to_string(),
         ..Opts::default()
@@ -286,6 +295,7 @@ async fn admin_console_commands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_queries_keeps_normalised_shapes_per_tenant() {
+    let _serial = SERIAL.lock().await;
     let h = Harness::start(Opts {
         extra: format!(
             "{TENANTS}\n[metrics]\nquery_stats = true\nslow_statement_threshold = \"1ms\"\n"

@@ -17,13 +17,6 @@ pub enum Stream {
 }
 
 impl Stream {
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Tcp(s) => s,
-            Stream::ServerTls(s) => s.get_ref().0,
-            Stream::ClientTls(s) => s.get_ref().0,
-        }
-    }
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Tcp(_))
     }

@@ -326,10 +326,6 @@ impl Checkout {
     pub fn conn(&mut self) -> &mut ServerConn {
         self.conn.as_mut().expect("checkout holds a connection")
     }
-    #[inline]
-    pub fn conn_ref(&self) -> &ServerConn {
-        self.conn.as_ref().expect("checkout holds a connection")
-    }
     /// Return a clean connection (ReadyForQuery 'I', nothing outstanding) to the pool.
     pub fn checkin(mut self) {
         if let Some(c) = self.conn.take() {

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::params::ServerParams;
 use super::prepared::ServerStatements;
-use super::{Dirty, ServerConn};
+use super::ServerConn;
 use crate::config::{PassThrough, Upstream};
 use crate::net::{read_message, write_all};
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status, PgError};
@@ -192,7 +192,6 @@ pub async fn connect(up: &Upstream, id: u64) -> Result<ServerConn, ServerError> 
         params,
         statements: ServerStatements::default(),
         ctx_prepared: 0,
-        dirty: Dirty::default(),
         created: now,
         last_used: now,
     })

@@ -56,7 +56,6 @@ pub struct ServerConn {
     pub statements: ServerStatements,
     /// Which tenant-context statements (by setting count) are prepared here (bit n = n pairs).
     pub ctx_prepared: u64,
-    pub dirty: Dirty,
     pub created: Instant,
     pub last_used: Instant,
 }

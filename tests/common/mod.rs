@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use pgward::config::Config;
 use pgward::pgctl::{PgOptions, TempPostgres};
@@ -286,10 +285,6 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("no sqlstate: {e}"))
-}
-
-pub fn wait(d: Duration) -> tokio::time::Sleep {
-    tokio::time::sleep(d)
 }
 
 /// Result of a pgbench run.
