@@ -136,9 +136,10 @@ trap 'log "interrupted"; exit 130' INT TERM
 if [[ -n ${PGWARD_BIN:-} ]]; then
     BIN=$PGWARD_BIN
 else
-    log "building pgward (cargo build --release)"
-    cargo build --release --quiet
-    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pgward
+    # The `dist` profile (fat LTO, one codegen unit) is what is meant to be deployed.
+    log "building pgward (cargo build --profile dist)"
+    cargo build --profile dist --quiet
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/dist/pgward
 fi
 [[ -x $BIN ]] || die "pgward binary not found at $BIN"
 if [[ -z ${PGWARD_REV:-} ]]; then   # label for the report; set it when PGWARD_BIN is another build

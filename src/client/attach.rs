@@ -40,6 +40,7 @@ impl Session {
             self.pending.push(Kind::Query, Action::Swallow);
         }
         self.status = b'I';
+        self.fresh = true;
         self.server = Some(co);
         Ok(())
     }

@@ -33,11 +33,25 @@ pub(super) enum Step {
     Hold,
     /// The client said Terminate.
     Terminate,
+    /// Leave this message buffered: it needs a server connection, which the session loop
+    /// obtains (the one place that waits for the pool) before handling it again.
+    NeedServer,
+}
+
+/// What [`Session::process_client`] leaves the session loop to do.
+pub(super) enum Flow {
+    /// Everything complete was handled (or held).
+    Continue,
+    /// Get a server connection, then call `process_client` again.
+    NeedServer,
+    /// The client said Terminate.
+    Terminate,
 }
 
 impl Session {
-    /// Handle every complete message buffered from the client. `Ok(false)`: client is done.
-    pub(super) async fn process_client(&mut self) -> Result<bool, PgError> {
+    /// Handle every complete message buffered from the client. Never waits: a message that
+    /// needs a server connection while none is held stops the pass with [`Flow::NeedServer`].
+    pub(super) fn process_client(&mut self) -> Result<Flow, PgError> {
         let mut buf = std::mem::take(&mut self.cin);
         let mut consumed = 0;
         // Re-examined on every call: held messages are retried once responses arrived.
@@ -46,7 +60,7 @@ impl Session {
             let rest = &buf[consumed..];
             let h = match Header::parse(rest, self.max_message) {
                 Ok(Some(h)) => h,
-                Ok(None) => break Ok(true),
+                Ok(None) => break Ok(Flow::Continue),
                 Err(FrameError::BadLength) => {
                     break Err(PgError::fatal("08P01", "invalid message length"))
                 }
@@ -64,38 +78,43 @@ impl Session {
                     consumed = 0;
                     buf.reserve(h.frame_len);
                 }
-                break Ok(true);
+                break Ok(Flow::Continue);
             }
             let frame_range = consumed..consumed + h.frame_len;
-            match self.handle_message(h.tag, &buf[frame_range]).await {
+            match self.handle_message(h.tag, &buf[frame_range]) {
                 Ok(Step::Next) => consumed += h.frame_len,
                 Ok(Step::Hold) => {
                     self.hold = true;
-                    break Ok(true);
+                    break Ok(Flow::Continue);
                 }
-                Ok(Step::Terminate) => break Ok(false),
+                Ok(Step::NeedServer) => break Ok(Flow::NeedServer),
+                Ok(Step::Terminate) => break Ok(Flow::Terminate),
                 Err(e) => break Err(e),
             }
         };
         buf.advance(consumed);
         self.cin = buf;
+        if !matches!(result, Ok(Flow::NeedServer)) {
+            // A failed checkout is reported to the message that asked for it, never later.
+            self.acquire_error = None;
+        }
         result
     }
 
-    async fn handle_message(&mut self, tag: u8, frame: &[u8]) -> Result<Step, PgError> {
+    fn handle_message(&mut self, tag: u8, frame: &[u8]) -> Result<Step, PgError> {
         tracing::trace!(tag = %(tag as char), len = frame.len(), "client message");
         let body = &frame[5..];
         if self.skip_till_sync && tag != b'S' {
             return Ok(Step::Next);
         }
         match tag {
-            b'Q' => self.on_query(frame, body).await,
-            b'P' => self.on_parse(frame, body).await,
-            b'B' => self.on_bind(frame, body).await,
-            b'D' => self.on_describe(frame, body).await,
-            b'E' => self.on_extended(frame, Kind::Execute).await,
-            b'C' => self.on_close(frame, body).await,
-            b'S' => self.on_sync(frame).await,
+            b'Q' => self.on_query(frame, body),
+            b'P' => self.on_parse(frame, body),
+            b'B' => self.on_bind(frame, body),
+            b'D' => self.on_describe(frame, body),
+            b'E' => self.on_extended(frame, Kind::Execute),
+            b'C' => self.on_close(frame, body),
+            b'S' => self.on_sync(frame),
             b'H' => {
                 if self.server.is_some() {
                     self.sout.extend_from_slice(frame);
@@ -103,7 +122,7 @@ impl Session {
                 Ok(Step::Next)
             }
             b'F' => {
-                if let Some(step) = self.begin(false, true).await? {
+                if let Some(step) = self.begin(false, true)? {
                     return Ok(step);
                 }
                 self.forward(frame, Kind::FunctionCall);
@@ -146,6 +165,7 @@ impl Session {
             return false;
         }
         let idle = self.server.is_none()
+            || self.fresh
             || (self.pending.is_empty() && !self.unsynced && self.status == b'I');
         let end = sql
             .iter()
@@ -200,9 +220,15 @@ impl Session {
         }
     }
 
-    async fn on_query(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+    fn on_query(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
         let sql =
             fe::query_text(body).ok_or_else(|| PgError::fatal("08P01", "invalid Query message"))?;
+        if !sql.iter().all(|b| b.is_ascii_whitespace() || *b == b';') {
+            // Surely a statement: take the server first, so the text is classified once.
+            if let Some(step) = self.want_server() {
+                return Ok(step);
+            }
+        }
         let a = self.analyze(sql);
         let replacement = if self.is_closing_reset(sql, &a) {
             None
@@ -223,7 +249,7 @@ impl Session {
             });
             return Ok(Step::Next);
         }
-        if let Some(step) = self.begin(non_txn, true).await? {
+        if let Some(step) = self.begin(non_txn, true)? {
             return Ok(step);
         }
         match replacement {
@@ -241,15 +267,23 @@ impl Session {
                 }
             }
         }
-        self.stmt_mark = Some(Instant::now());
+        // Per-statement latency of a multi-statement Query runs from when it was sent.
+        self.stmt_mark = self
+            .pending
+            .back_mut()
+            .and_then(|u| u.sent)
+            .or_else(|| Some(Instant::now()));
         Ok(Step::Next)
     }
 
-    async fn on_parse(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+    fn on_parse(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
         let p = fe::parse(body).ok_or_else(|| PgError::fatal("08P01", "invalid Parse message"))?;
+        if let Some(step) = self.want_server() {
+            return Ok(step);
+        }
         let a = self.analyze(p.query);
         let replacement = self.vet(&a);
-        if let Some(step) = self.begin(false, false).await? {
+        if let Some(step) = self.begin(false, false)? {
             return Ok(step);
         }
         self.unsynced = true;
@@ -285,10 +319,10 @@ impl Session {
         Ok(Step::Next)
     }
 
-    async fn on_bind(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+    fn on_bind(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
         let (portal, stmt, rest) =
             fe::bind_names(body).ok_or_else(|| PgError::fatal("08P01", "invalid Bind message"))?;
-        if let Some(step) = self.begin(false, false).await? {
+        if let Some(step) = self.begin(false, false)? {
             return Ok(step);
         }
         self.unsynced = true;
@@ -312,10 +346,10 @@ impl Session {
         Ok(Step::Next)
     }
 
-    async fn on_describe(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+    fn on_describe(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
         let (kind, name) =
             fe::target(body).ok_or_else(|| PgError::fatal("08P01", "invalid Describe message"))?;
-        if let Some(step) = self.begin(false, false).await? {
+        if let Some(step) = self.begin(false, false)? {
             return Ok(step);
         }
         self.unsynced = true;
@@ -331,8 +365,8 @@ impl Session {
         Ok(Step::Next)
     }
 
-    async fn on_extended(&mut self, frame: &[u8], kind: Kind) -> Result<Step, PgError> {
-        if let Some(step) = self.begin(false, false).await? {
+    fn on_extended(&mut self, frame: &[u8], kind: Kind) -> Result<Step, PgError> {
+        if let Some(step) = self.begin(false, false)? {
             return Ok(step);
         }
         self.unsynced = true;
@@ -340,7 +374,7 @@ impl Session {
         Ok(Step::Next)
     }
 
-    async fn on_close(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+    fn on_close(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
         let (kind, name) =
             fe::target(body).ok_or_else(|| PgError::fatal("08P01", "invalid Close message"))?;
         if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
@@ -355,10 +389,10 @@ impl Session {
             self.emit_local(|out| out.extend_from_slice(b"3\0\0\0\x04"));
             return Ok(Step::Next);
         }
-        self.on_extended(frame, Kind::Close).await
+        self.on_extended(frame, Kind::Close)
     }
 
-    async fn on_sync(&mut self, frame: &[u8]) -> Result<Step, PgError> {
+    fn on_sync(&mut self, frame: &[u8]) -> Result<Step, PgError> {
         if self.copy_in {
             // PostgreSQL ignores Sync during COPY IN (libpq-style clients send one anyway).
             self.sout.extend_from_slice(frame);
@@ -451,8 +485,8 @@ impl Session {
     /// Start of a transaction block (or of a statement inside one): make sure a server
     /// connection is held and, at a block start, that the session parameters and the tenant
     /// context are in place. `Some(step)`: the message was dealt with (held, or answered with
-    /// an error because no server connection could be had).
-    pub(super) async fn begin(
+    /// the error of a failed checkout), or it must wait for a server ([`Step::NeedServer`]).
+    pub(super) fn begin(
         &mut self,
         non_txn: bool,
         ends_block: bool,
@@ -461,6 +495,12 @@ impl Session {
             return Ok(None);
         }
         if self.server.is_some() {
+            if self.fresh {
+                // Just checked out (its parameter sync may be pending): a block starts.
+                self.fresh = false;
+                self.inject_context(non_txn);
+                return Ok(None);
+            }
             if self.pending.is_empty() {
                 if self.status == b'I' {
                     self.inject_context(non_txn);
@@ -474,20 +514,25 @@ impl Session {
             }
             return Ok(None);
         }
-        if let Err(e) = self.acquire_server().await {
-            if ends_block {
-                crate::metrics::error(e.code.as_bytes());
-                self.emit_local(|out| {
-                    e.encode(out);
-                    backend::ready_for_query(out, b'I');
-                });
-            } else {
-                self.fail_extended(e);
-            }
-            return Ok(Some(Step::Next));
+        let Some(e) = self.acquire_error.take() else {
+            return Ok(Some(Step::NeedServer));
+        };
+        if ends_block {
+            crate::metrics::error(e.code.as_bytes());
+            self.emit_local(|out| {
+                e.encode(out);
+                backend::ready_for_query(out, b'I');
+            });
+        } else {
+            self.fail_extended(*e);
         }
-        self.inject_context(non_txn);
-        Ok(None)
+        Ok(Some(Step::Next))
+    }
+
+    /// `Some(NeedServer)` when no server connection is held yet (and no failed attempt is
+    /// waiting to be reported by [`Session::begin`]).
+    fn want_server(&mut self) -> Option<Step> {
+        (self.server.is_none() && self.acquire_error.is_none()).then_some(Step::NeedServer)
     }
 
     /// Tenant context for a block that starts now with the server idle.

@@ -44,21 +44,10 @@ pub async fn handle(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let count = shared.client_count.fetch_add(1, Ordering::AcqRel) + 1;
     let max = shared.config().max_client_connections;
-    let mut stream = Stream::Tcp(tcp);
+    let stream = Stream::Tcp(tcp);
     if count > max {
-        let mut out = BytesMut::new();
-        PgError::fatal(
-            "53300",
-            format!("pgward: too many client connections (max_client_connections = {max})"),
-        )
-        .encode(&mut out);
-        // Answer whatever the first packet was with the error, then close.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let mut b = [0u8; 8];
-            let _ = stream.read(&mut b).await;
-        })
-        .await;
-        let _ = write_all(&mut stream, &out).await;
+        // Boxed, like the handshake: what a task holds across awaits is held by every client.
+        Box::pin(refuse(stream, max)).await;
         shared.client_count.fetch_sub(1, Ordering::AcqRel);
         return;
     }
@@ -81,8 +70,28 @@ pub async fn handle(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
     shared.client_count.fetch_sub(1, Ordering::AcqRel);
 }
 
+/// Over `max_client_connections`: answer whatever the first packet was with 53300, close.
+async fn refuse(mut stream: Stream, max: usize) {
+    let mut out = BytesMut::new();
+    PgError::fatal(
+        "53300",
+        format!("pgward: too many client connections (max_client_connections = {max})"),
+    )
+    .encode(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut b = [0u8; 8];
+        let _ = stream.read(&mut b).await;
+    })
+    .await;
+    let _ = write_all(&mut stream, &out).await;
+}
+
 /// Everything up to ReadyForQuery. `None` when the connection ended (error already sent).
-async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -> Option<Session> {
+async fn handshake(
+    mut stream: Stream,
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Option<Box<Session>> {
     let mut buf = BytesMut::with_capacity(256);
     let cfg = shared.config();
     let mut binding = None;
@@ -343,7 +352,9 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
     shared.clients.insert(info.id, info.clone());
     tracing::debug!(%addr, user = %user.name, database = %db.name, tenant = ?info.tenant, "client connected");
     let mode = db.pool.mode;
-    Some(Session {
+    // Boxed: the session is the bulk of an idle client's memory, and a future that moves it
+    // around would hold it more than once.
+    Some(Box::new(Session {
         labels: crate::metrics::labels(&db.name, info.tenant.as_deref()),
         shared: shared.clone(),
         info,
@@ -377,6 +388,8 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         stmt_started: None,
         stmt_mark: None,
         server_broken: false,
+        fresh: false,
+        acquire_error: None,
         observe: (cfg.metrics.query_stats || cfg.metrics.slow_statement_threshold.is_some()).then(
             || {
                 (
@@ -394,7 +407,7 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         ),
         exec_text: None,
         unnamed_text: None,
-    })
+    }))
 }
 
 /// Read one startup-phase packet (length-prefixed, untyped), bounded by MAX_STARTUP_PACKET.

@@ -114,7 +114,7 @@ impl Session {
                     String::from_utf8_lossy(name),
                     String::from_utf8_lossy(value),
                 );
-                return if self.params.values.set(&name, &value) {
+                return if self.params.set(&name, &value) {
                     Route::Forward
                 } else {
                     Route::Drop

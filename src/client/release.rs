@@ -63,9 +63,9 @@ impl Session {
         let Some(mut co) = self.server.take() else {
             return;
         };
-        self.detach(&co);
+        let now = self.detach(&co);
         if dirty.is_empty() {
-            co.checkin();
+            co.checkin_at(now);
         } else {
             count_resets(dirty);
             let sql = reset_sql(
@@ -84,22 +84,21 @@ impl Session {
         }
     }
 
-    pub(super) fn detach(&mut self, co: &Checkout) {
+    /// The client no longer holds `co`: end of its transaction (statistics). Returns the
+    /// time read, for the check-in.
+    pub(super) fn detach(&mut self, co: &Checkout) -> std::time::Instant {
+        use std::sync::atomic::Ordering::Relaxed;
         self.cancel.detach();
-        self.info
-            .state
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        self.labels
-            .transaction
-            .record(co.since.elapsed().as_secs_f64());
+        self.info.state.store(0, Relaxed);
+        let now = std::time::Instant::now();
+        let held = now.saturating_duration_since(co.since);
+        self.labels.transaction.record(held.as_secs_f64());
+        self.pool.stats.xact_count.fetch_add(1, Relaxed);
         self.pool
             .stats
-            .xact_count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.pool.stats.xact_time_us.fetch_add(
-            co.since.elapsed().as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+            .xact_time_us
+            .fetch_add(held.as_micros() as u64, Relaxed);
+        now
     }
 
     /// The session is over: tell the client why, and return or close the server connection.

@@ -26,6 +26,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
 use super::cancel::CancelSlot;
+use super::frontend::Flow;
 use super::statements::ClientStatements;
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::metrics::LabelSet;
@@ -86,6 +87,10 @@ pub struct Session {
     pub(super) stmt_mark: Option<Instant>,
     /// The server connection was lost or is in an unknown state: close it.
     pub(super) server_broken: bool,
+    /// The server connection was just checked out: the next `begin` starts a block on it.
+    pub(super) fresh: bool,
+    /// Why the last checkout failed, until the message that needed it is answered with it.
+    pub(super) acquire_error: Option<Box<PgError>>,
     /// Query statistics / slow log, when configured: (stats on, slow threshold, tenant).
     pub(super) observe: Option<(bool, Option<std::time::Duration>, Arc<str>)>,
     /// Text of the statement the next Execute runs (only kept when `observe` is set).
@@ -112,7 +117,7 @@ pub enum End {
 }
 
 impl Session {
-    pub async fn run(mut self) -> End {
+    pub async fn run(mut self: Box<Self>) -> End {
         let end = self.run_inner().await;
         if let End::Fatal(e) = &end {
             tracing::info!(client = self.info.id, user = %self.info.user, error = %e, "closing client connection");
@@ -126,9 +131,15 @@ impl Session {
             if let Err(e) = self.process_server() {
                 return End::Fatal(e);
             }
-            match self.process_client().await {
-                Ok(true) => {}
-                Ok(false) => return End::ClientGone,
+            match self.process_client() {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::NeedServer) => {
+                    // The one place a session waits for the pool; the message that asked is
+                    // handled again with the connection (or the error) in hand.
+                    self.acquire_error = self.acquire_server().await.err().map(Box::new);
+                    continue;
+                }
+                Ok(Flow::Terminate) => return End::ClientGone,
                 Err(e) => return End::Fatal(e),
             }
             if self.server_broken {

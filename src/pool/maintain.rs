@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{now_ms, Pool};
 
@@ -72,7 +72,7 @@ pub async fn run_once(pool: &Arc<Pool>) {
             break;
         };
         match pool.open().await {
-            Ok(c) => pool.put_idle(c),
+            Ok(c) => pool.put_idle(c, Instant::now()),
             Err(_) => break,
         }
         drop(permit);

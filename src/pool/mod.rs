@@ -11,8 +11,9 @@
 //! - No lock is held across an `.await`; the idle list uses a short `std::sync::Mutex`.
 
 pub mod maintain;
+pub mod stats;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::config::{Database, PoolMode};
 use crate::server::params::ParamSet;
 use crate::server::{connect, ServerConn, ServerError};
+pub use stats::PoolStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -38,26 +40,6 @@ pub enum CheckoutError {
     },
     #[error("pool {0} is shutting down")]
     Closed(String),
-}
-
-/// Counters and gauges read by the admin console and metrics.
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    pub waiting: AtomicUsize,
-    pub active: AtomicUsize,
-    pub idle: AtomicUsize,
-    pub connecting: AtomicUsize,
-    pub opened_total: AtomicU64,
-    pub closed_total: AtomicU64,
-    pub checkouts_total: AtomicU64,
-    pub wait_us_total: AtomicU64,
-    pub max_wait_us: AtomicU64,
-    pub xact_count: AtomicU64,
-    pub query_count: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub xact_time_us: AtomicU64,
-    pub query_time_us: AtomicU64,
 }
 
 pub struct Pool {
@@ -126,6 +108,36 @@ impl Pool {
     /// Wait (FIFO, bounded by `checkout_timeout`) for a connection: an idle one that is still
     /// alive, or a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
+        // Fast path: a permit is free (none are, while anybody waits: released permits go to
+        // waiters first, so this never overtakes the queue) and nothing is paused.
+        let fast = match self.paused.load(Ordering::Acquire) {
+            false => self.sem.clone().try_acquire_owned().ok(),
+            true => None,
+        };
+        let (permit, waited) = match fast {
+            Some(p) => (p, Duration::ZERO),
+            None => self.wait_permit().await?,
+        };
+        self.record_wait(waited);
+        crate::metrics::checkout_wait(self.name(), waited);
+        let now = Instant::now();
+        let conn = match self.take_idle(now) {
+            Some(c) => c,
+            // Boxed: connecting (TLS, SCRAM) is rare and its state large.
+            None => Box::pin(self.open()).await?,
+        };
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.checkouts_total.fetch_add(1, Ordering::Relaxed);
+        Ok(Checkout {
+            conn: Some(conn),
+            _permit: permit,
+            pool: self.clone(),
+            since: now,
+        })
+    }
+
+    /// The slow path of [`Pool::checkout`]: queue for a permit (and for RESUME).
+    async fn wait_permit(&self) -> Result<(OwnedSemaphorePermit, Duration), CheckoutError> {
         let start = Instant::now();
         let limit = self.db.pool.checkout_timeout;
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -141,49 +153,34 @@ impl Pool {
         })
         .await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        let permit = match permit {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(CheckoutError::Closed(self.label())),
-            Err(_) => {
-                return Err(CheckoutError::Timeout {
-                    pool: self.label(),
-                    waited: limit,
-                    size: self.db.pool.size,
-                })
-            }
-        };
-        let waited = start.elapsed();
-        self.record_wait(waited);
-        crate::metrics::checkout_wait(self.name(), waited);
-        let conn = match self.take_idle() {
-            Some(c) => c,
-            // Boxed: connecting (TLS, SCRAM) is rare and its state large.
-            None => Box::pin(self.open()).await?,
-        };
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        self.stats.checkouts_total.fetch_add(1, Ordering::Relaxed);
-        Ok(Checkout {
-            conn: Some(conn),
-            _permit: permit,
-            pool: self.clone(),
-            since: Instant::now(),
-        })
+        match permit {
+            Ok(Ok(p)) => Ok((p, start.elapsed())),
+            Ok(Err(_)) => Err(CheckoutError::Closed(self.label())),
+            Err(_) => Err(CheckoutError::Timeout {
+                pool: self.label(),
+                waited: limit,
+                size: self.db.pool.size,
+            }),
+        }
     }
 
     fn record_wait(&self, waited: Duration) {
         let us = waited.as_micros() as u64;
-        self.stats.wait_us_total.fetch_add(us, Ordering::Relaxed);
-        self.stats.max_wait_us.fetch_max(us, Ordering::Relaxed);
+        if us > 0 {
+            self.stats.wait_us_total.fetch_add(us, Ordering::Relaxed);
+            self.stats.max_wait_us.fetch_max(us, Ordering::Relaxed);
+        }
     }
 
-    fn take_idle(&self) -> Option<ServerConn> {
+    fn take_idle(&self, now: Instant) -> Option<ServerConn> {
         loop {
             let mut c = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 idle.pop()?
             };
             self.stats.idle.fetch_sub(1, Ordering::Relaxed);
-            if c.stream.is_broken_while_idle() || c.created.elapsed() > self.db.pool.server_lifetime
+            if c.stream.is_broken_while_idle()
+                || now.saturating_duration_since(c.created) > self.db.pool.server_lifetime
             {
                 self.stats.closed_total.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -248,14 +245,14 @@ impl Pool {
             .unwrap_or_default())
     }
 
-    fn put_idle(&self, mut conn: ServerConn) {
+    fn put_idle(&self, mut conn: ServerConn, now: Instant) {
         if self.closed.load(Ordering::Acquire)
-            || conn.created.elapsed() > self.db.pool.server_lifetime
+            || now.saturating_duration_since(conn.created) > self.db.pool.server_lifetime
         {
             self.stats.closed_total.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -327,9 +324,14 @@ impl Checkout {
         self.conn.as_mut().expect("checkout holds a connection")
     }
     /// Return a clean connection (ReadyForQuery 'I', nothing outstanding) to the pool.
-    pub fn checkin(mut self) {
+    pub fn checkin(self) {
+        self.checkin_at(Instant::now());
+    }
+
+    /// [`Checkout::checkin`] with the caller's reading of the clock.
+    pub fn checkin_at(mut self, now: Instant) {
         if let Some(c) = self.conn.take() {
-            self.pool.put_idle(c);
+            self.pool.put_idle(c, now);
         }
     }
 }

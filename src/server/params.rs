@@ -106,6 +106,8 @@ pub struct ClientParams {
     pub values: Layered,
     /// Lower-case names to carry across server connections, beyond [`SYNCED_REPORTED`].
     extra: Vec<Box<str>>,
+    /// Canonical bytes of every synced (name, value): equal keys want identical sessions.
+    key: Arc<[u8]>,
 }
 
 impl ClientParams {
@@ -126,7 +128,39 @@ impl ClientParams {
                 extra.push(lk.into());
             }
         }
-        ClientParams { values, extra }
+        let mut p = ClientParams {
+            values,
+            extra,
+            key: Arc::from(&[][..]),
+        };
+        p.rekey();
+        p
+    }
+
+    /// Record a ParameterStatus the client was told; returns true if its view changed.
+    pub fn set(&mut self, name: &str, value: &str) -> bool {
+        let changed = self.values.set(name, value);
+        if changed {
+            self.rekey();
+        }
+        changed
+    }
+
+    fn rekey(&mut self) {
+        let mut k = Vec::with_capacity(128);
+        for lname in self.synced() {
+            k.extend_from_slice(lname.as_bytes());
+            match self.values.get(lname) {
+                // 0 ends a name, 1 a value, 2 marks "not set": none occur in GUC text.
+                Some(v) => {
+                    k.push(0);
+                    k.extend_from_slice(v.as_bytes());
+                    k.push(1);
+                }
+                None => k.push(2),
+            }
+        }
+        self.key = k.into();
     }
 
     /// Lower-case names of the parameters that follow the client.
@@ -147,6 +181,10 @@ pub struct ServerParams {
     pub current: ParamSet,
     /// Values right after connecting (the role's and database's defaults).
     pub baseline: ParamSet,
+    /// Key of the client parameters `current` was last synced to, while `current` has not
+    /// changed since: a client with an equal key needs nothing (the common case, checked
+    /// with one comparison instead of a diff).
+    synced: Option<Arc<[u8]>>,
 }
 
 impl ServerParams {
@@ -154,7 +192,9 @@ impl ServerParams {
     pub fn observe(&mut self, name: &[u8], value: &[u8]) {
         let name = String::from_utf8_lossy(name);
         let value = String::from_utf8_lossy(value);
-        self.current.set(&name, &value);
+        if self.current.set(&name, &value) {
+            self.synced = None;
+        }
     }
 
     pub fn mark_baseline(&mut self) {
@@ -164,6 +204,11 @@ impl ServerParams {
     /// Append to `sql` the statements that make this connection match `client`, and record
     /// them as applied. Returns false (and appends nothing) when it already matches.
     pub fn sync_to(&mut self, client: &ClientParams, sql: &mut String) -> bool {
+        if let Some(k) = &self.synced {
+            if Arc::ptr_eq(k, &client.key) || **k == *client.key {
+                return false;
+            }
+        }
         let start = sql.len();
         for lname in client.synced() {
             let want = client.values.get(lname);
@@ -200,12 +245,14 @@ impl ServerParams {
             let _ = write!(sql, "RESET {};", quote_ident(&lname));
             self.current.remove(&lname);
         }
+        self.synced = Some(client.key.clone());
         sql.len() > start
     }
 
     /// After `RESET ALL` (or DISCARD ALL): the session is back to the baseline.
     pub fn reset_to_baseline(&mut self) {
         self.current = self.baseline.clone();
+        self.synced = None;
     }
 }
 
@@ -273,6 +320,38 @@ mod tests {
             sql,
             "SET \"application_name\" TO E'';RESET \"extra_float_digits\";"
         );
+    }
+
+    #[test]
+    fn a_changed_server_value_is_synced_again() {
+        let mut server = ServerParams::default();
+        server.observe(b"application_name", b"");
+        server.observe(b"TimeZone", b"UTC");
+        server.mark_baseline();
+        let base = Arc::new(server.baseline.clone());
+        let startup = [("application_name".to_string(), "a".to_string())];
+        let (c1, c2) = (
+            ClientParams::new(&base, &startup),
+            ClientParams::new(&base, &startup),
+        );
+        let mut sql = String::new();
+        assert!(server.sync_to(&c1, &mut sql));
+        sql.clear();
+        // an equal client (another allocation) needs nothing
+        assert!(!server.sync_to(&c2, &mut sql));
+        // the client's own SET (seen as ParameterStatus) changes the server: diff again
+        server.observe(b"TimeZone", b"Asia/Tokyo");
+        assert!(server.sync_to(&c2, &mut sql));
+        assert_eq!(sql, "SET \"timezone\" TO E'UTC';");
+        sql.clear();
+        // the client's view follows a ParameterStatus it was told
+        let mut c3 = ClientParams::new(&base, &startup);
+        assert!(c3.set("TimeZone", "Europe/Paris"));
+        assert!(server.sync_to(&c3, &mut sql));
+        assert_eq!(sql, "SET \"timezone\" TO E'Europe/Paris';");
+        sql.clear();
+        server.reset_to_baseline();
+        assert!(server.sync_to(&c3, &mut sql));
     }
 
     #[test]
