@@ -122,6 +122,26 @@ async fn checkout_timeout_names_the_pool() {
     assert_eq!(scalar(&b, "SELECT 'b goes on'").await, "b goes on");
 }
 
+/// The extended-protocol side of a failed checkout: the error answers the block, the rest of it
+/// is skipped up to Sync like PostgreSQL does, and the next block runs once a server is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_timeout_in_an_extended_block() {
+    let h = Harness::start(Opts {
+        size: 1,
+        checkout_timeout: "300ms",
+        ..Opts::default()
+    })
+    .await;
+    let a = h.connect("app_user", "app").await;
+    a.batch_execute("BEGIN").await.unwrap();
+    let b = h.connect("app_user", "app").await;
+    let e = b.query("SELECT $1::int + 1", &[&1i32]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300");
+    a.batch_execute("COMMIT").await.unwrap();
+    let row = b.query_one("SELECT $1::int + 1", &[&41i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_client_connections_refuses_the_next() {
     let h = Harness::start(Opts {

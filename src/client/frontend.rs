@@ -270,7 +270,7 @@ impl Session {
         // Per-statement latency of a multi-statement Query runs from when it was sent.
         self.stmt_mark = self
             .pending
-            .back_mut()
+            .back()
             .and_then(|u| u.sent)
             .or_else(|| Some(Instant::now()));
         Ok(Step::Next)

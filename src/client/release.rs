@@ -109,7 +109,7 @@ impl Session {
         }
         self.flush_client().await;
         if let Some(mut co) = self.server.take() {
-            self.detach(&co);
+            let now = self.detach(&co);
             let clean = !self.server_broken
                 && self.pending.is_empty()
                 && !self.unsynced
@@ -133,7 +133,7 @@ impl Session {
                     ));
                 }
                 if sql.is_empty() {
-                    co.checkin();
+                    co.checkin_at(now);
                 } else {
                     tokio::spawn(reset_and_checkin(co, sql));
                 }

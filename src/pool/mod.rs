@@ -120,11 +120,15 @@ impl Pool {
         };
         self.record_wait(waited);
         crate::metrics::checkout_wait(self.name(), waited);
-        let now = Instant::now();
+        let mut now = Instant::now();
         let conn = match self.take_idle(now) {
             Some(c) => c,
-            // Boxed: connecting (TLS, SCRAM) is rare and its state large.
-            None => Box::pin(self.open()).await?,
+            None => {
+                // Boxed: connecting (TLS, SCRAM) is rare and its state large.
+                let c = Box::pin(self.open()).await?;
+                now = Instant::now(); // the transaction starts after the connect
+                c
+            }
         };
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stats.checkouts_total.fetch_add(1, Ordering::Relaxed);

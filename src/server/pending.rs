@@ -120,6 +120,10 @@ impl Pending {
         self.q.push_back(unit);
     }
     #[inline]
+    pub fn back(&self) -> Option<&Unit> {
+        self.q.back()
+    }
+    #[inline]
     pub fn back_mut(&mut self) -> Option<&mut Unit> {
         self.q.back_mut()
     }
