@@ -49,6 +49,8 @@ pub struct Pool {
     idle: Mutex<Vec<ServerConn>>,
     sem: Arc<Semaphore>,
     pub stats: PoolStats,
+    /// `pgward_checkout_wait_seconds` for this pool.
+    wait_histogram: metrics::Histogram,
     /// ParameterStatus values of the first successful connection (told to clients at login).
     baseline: Mutex<Option<Arc<ParamSet>>>,
     /// Unix time (ms) of the last successful connect or liveness check, for `/ready`.
@@ -79,6 +81,7 @@ impl Pool {
         Arc::new(Pool {
             key,
             sem: Arc::new(Semaphore::new(db.pool.size)),
+            wait_histogram: crate::metrics::checkout_wait(&db.name),
             db,
             idle: Mutex::new(Vec::new()),
             stats: PoolStats::default(),
@@ -119,7 +122,7 @@ impl Pool {
             None => self.wait_permit().await?,
         };
         self.record_wait(waited);
-        crate::metrics::checkout_wait(self.name(), waited);
+        self.wait_histogram.record(waited.as_secs_f64());
         let mut now = Instant::now();
         let conn = match self.take_idle(now) {
             Some(c) => c,
