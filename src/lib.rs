@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod querystats;
 pub mod run;
 pub mod server;
+pub mod shard;
 pub mod sql;
 pub mod tenancy;
 

@@ -9,20 +9,13 @@
 //! - A gauge is incremented and decremented on possibly different shards: each shard wraps,
 //!   the wrapping sum is the true value, and a read racing with writers is clamped at zero.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Power of two, at least the usual worker count; threads beyond it share shards.
-const SHARDS: usize = 8;
+use crate::shard::{index as shard, SHARDS};
 
 #[repr(align(128))]
 #[derive(Default)]
 struct Line(AtomicU64);
-
-fn shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local!(static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
-    INDEX.with(|i| *i)
-}
 
 /// A monotonically growing count.
 #[derive(Default)]

@@ -6,6 +6,11 @@
 //! - The tenant label is bounded: the first `tenant_label_cap` tenants seen get their own
 //!   label, the rest share `tenant="other"`.
 //! - Command labels come from a fixed set ([`Command`]).
+//! - The three per-transaction histograms (statement, transaction, checkout wait) live in
+//!   [`histogram::HistogramSet`] (per-thread shards) and are appended to the exporter's text
+//!   at scrape time; everything else goes through the exporter.
+
+pub mod histogram;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -110,6 +115,7 @@ impl LabelSet {
 
 struct Registry {
     handle: PrometheusHandle,
+    hot: histogram::HistogramSet,
     sets: DashMap<(Arc<str>, Arc<str>), Arc<LabelSet>>,
     tenants_labelled: DashMap<Arc<str>, ()>,
     cap: AtomicUsize,
@@ -131,6 +137,7 @@ pub fn install(cfg: &MetricsSettings) -> PrometheusHandle {
         describe();
         Registry {
             handle,
+            hot: histogram::HistogramSet::new(&cfg.buckets),
             sets: DashMap::new(),
             tenants_labelled: DashMap::new(),
             cap: AtomicUsize::new(cfg.tenant_label_cap),
@@ -141,23 +148,22 @@ pub fn install(cfg: &MetricsSettings) -> PrometheusHandle {
     r.handle.clone()
 }
 
+/// HELP text of the histograms in [`histogram::HistogramSet`].
+fn hot_help(name: &str) -> &'static str {
+    match name {
+        QUERY => "Statement duration at the proxy, first byte forwarded to completion",
+        TRANSACTION => "Server connection hold time per transaction",
+        CHECKOUT_WAIT => "Time a client waited for a server connection",
+        _ => "",
+    }
+}
+
+const QUERY: &str = "pgward_query_duration_seconds";
+const TRANSACTION: &str = "pgward_transaction_duration_seconds";
+const CHECKOUT_WAIT: &str = "pgward_checkout_wait_seconds";
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_histogram!(
-        "pgward_query_duration_seconds",
-        Unit::Seconds,
-        "Statement duration at the proxy, first byte forwarded to completion"
-    );
-    describe_histogram!(
-        "pgward_transaction_duration_seconds",
-        Unit::Seconds,
-        "Server connection hold time per transaction"
-    );
-    describe_histogram!(
-        "pgward_checkout_wait_seconds",
-        Unit::Seconds,
-        "Time a client waited for a server connection"
-    );
     describe_histogram!(
         "pgward_server_connect_seconds",
         Unit::Seconds,
@@ -218,17 +224,17 @@ pub fn labels(database: &str, tenant: Option<&str>) -> Arc<LabelSet> {
     if let Some(s) = r.sets.get(&key) {
         return s.clone();
     }
-    let db = database.to_string();
-    let tn = tenant_label.to_string();
+    let labels = [("database", database), ("tenant", &*tenant_label)];
     let set = Arc::new(LabelSet {
         statement: COMMANDS
             .iter()
             .map(|c| {
-                histogram!("pgward_query_duration_seconds", "database" => db.clone(), "tenant" => tn.clone(), "command" => c.label())
+                r.hot
+                    .get(QUERY, &[labels[0], labels[1], ("command", c.label())])
             })
             .collect(),
-        transaction: histogram!("pgward_transaction_duration_seconds", "database" => db.clone(), "tenant" => tn.clone()),
-        tenant: tenant_label,
+        transaction: r.hot.get(TRANSACTION, &labels),
+        tenant: tenant_label.clone(),
     });
     r.sets.entry(key).or_insert(set).clone()
 }
@@ -245,7 +251,9 @@ pub fn render() -> String {
     match REGISTRY.get() {
         Some(r) => {
             r.handle.run_upkeep();
-            r.handle.render()
+            let mut out = r.handle.render();
+            r.hot.render(&mut out, hot_help);
+            out
         }
         None => String::new(),
     }
@@ -259,7 +267,10 @@ pub fn upkeep() {
 
 /// The checkout-wait histogram of one pool (recorded on every checkout: kept as a handle).
 pub fn checkout_wait(database: &str) -> Histogram {
-    histogram!("pgward_checkout_wait_seconds", "database" => database.to_string())
+    match REGISTRY.get() {
+        Some(r) => r.hot.get(CHECKOUT_WAIT, &[("database", database)]),
+        None => Histogram::noop(),
+    }
 }
 
 pub fn server_connect(database: &str, d: Duration) {
