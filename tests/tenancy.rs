@@ -294,6 +294,50 @@ async fn no_session_state_crosses_clients() {
     assert_eq!(scalar(&b, "SELECT pg_try_advisory_lock(77)").await, "t");
 }
 
+/// T2 for statements prepared once and executed later (drivers' named statements): each
+/// execution's session effects are reset, whichever transaction it runs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_executed_later_leave_no_session_state() {
+    let h = Harness::start(tenant_opts(1)).await;
+    for (a_db, b_db) in [("acme", "globex"), ("app", "app")] {
+        let a = h.connect("app_user", a_db).await;
+        // prepare() is one transaction (Parse, Describe, Sync); each execution is another
+        let set = a
+            .prepare("SELECT set_config('work_mem', $1, false)")
+            .await
+            .unwrap();
+        let lock = a.prepare("SELECT pg_advisory_lock($1)").await.unwrap();
+        for _ in 0..2 {
+            a.query(&set, &[&"7MB"]).await.unwrap();
+            a.query(&lock, &[&4343i64]).await.unwrap();
+        }
+        // unnamed statements bound once per Parse (query_typed) take the same path
+        a.query_typed(
+            "SELECT set_config('statement_timeout', $1, false)",
+            &[(&"1234", tokio_postgres::types::Type::TEXT)],
+        )
+        .await
+        .unwrap();
+        // A stays connected; B gets the same (only) server connection
+        let b = h.connect("app_user", b_db).await;
+        assert_eq!(scalar(&b, "SHOW work_mem").await, "4MB", "{a_db} -> {b_db}");
+        assert_eq!(
+            scalar(&b, "SHOW statement_timeout").await,
+            "0",
+            "{a_db} -> {b_db}"
+        );
+        assert_eq!(
+            scalar(
+                &b,
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343"
+            )
+            .await,
+            "0",
+            "{a_db} -> {b_db}"
+        );
+    }
+}
+
 /// T3: protected settings cannot be changed by a tenant; look-alikes are not rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_rejects_context_changes_and_nothing_else() {

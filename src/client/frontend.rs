@@ -289,6 +289,13 @@ impl Session {
         self.unsynced = true;
         self.stmt_started.get_or_insert_with(Instant::now);
         let poisoned;
+        let effects = match replacement {
+            Some(_) => Flags::default(),
+            None => a.flags,
+        };
+        if p.name.is_empty() {
+            self.unnamed_effects = effects;
+        }
         let (definition, action) = match &replacement {
             Some(err) => {
                 // Fails at Parse on the server, like a real error would (the transaction is
@@ -308,7 +315,7 @@ impl Session {
             self.unnamed_text = Some(bytes::Bytes::copy_from_slice(p.query));
         }
         if self.mode == PoolMode::Transaction && !p.name.is_empty() {
-            return self.parse_named(p.name, definition, action);
+            return self.parse_named(p.name, definition, action, effects);
         }
         if replacement.is_none() {
             self.forward(frame, Kind::Parse);
@@ -327,6 +334,15 @@ impl Session {
         }
         self.unsynced = true;
         self.stmt_started.get_or_insert_with(Instant::now);
+        // Executing a statement again has its session effects again (noted at Parse for the
+        // first execution; a later transaction may execute it on another connection).
+        let effects = match stmt.is_empty() {
+            true => self.unnamed_effects,
+            false => self.statements.effects(stmt),
+        };
+        if effects != Flags::default() {
+            self.note_effects(effects);
+        }
         if self.observe.is_some() {
             self.exec_text = if stmt.is_empty() {
                 self.unnamed_text.clone().map(QueryText::Raw)

@@ -407,6 +407,7 @@ async fn handshake(
         ),
         exec_text: None,
         unnamed_text: None,
+        unnamed_effects: Default::default(),
     }))
 }
 

@@ -16,6 +16,7 @@ use crate::protocol::backend::PgError;
 use crate::protocol::frontend as fe;
 use crate::server::pending::{Action, Kind, Unit};
 use crate::server::prepared::StatementDef;
+use crate::sql::classify::Flags;
 
 impl Session {
     pub(super) fn parse_named(
@@ -23,6 +24,7 @@ impl Session {
         name: &[u8],
         definition: &[u8],
         action: Action,
+        effects: Flags,
     ) -> Result<Step, PgError> {
         if self.statements.contains(name) {
             self.fail_extended(PgError::error(
@@ -54,7 +56,7 @@ impl Session {
         // connections are re-prepared on their next use.
         def.generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.statements.insert(name, def.clone());
+        self.statements.insert(name, def.clone(), effects);
         let Some(co) = self.server.as_mut() else {
             return Ok(Step::Next);
         };

@@ -97,6 +97,8 @@ pub struct Session {
     pub(super) exec_text: Option<crate::querystats::QueryText>,
     /// Text of the last unnamed Parse (only kept when `observe` is set).
     pub(super) unnamed_text: Option<bytes::Bytes>,
+    /// Session effects of the last unnamed Parse, noted again at each Bind of it.
+    pub(super) unnamed_effects: crate::sql::classify::Flags,
 }
 
 pub(super) enum Event {
