@@ -338,6 +338,73 @@ async fn prepared_statements_executed_later_leave_no_session_state() {
     }
 }
 
+/// Startup parameters (`options=-c …`) are applied as PostgreSQL applies them (a list stays a
+/// list); an invalid one fails that client as PostgreSQL's FATAL would and leaves nothing on
+/// the pool; and a tenant may not set its context's settings through them (T3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_parameters_are_applied_checked_and_guarded() {
+    let h = Harness::start(tenant_opts(1)).await;
+    let with = |db: &str, opts: &str| {
+        let enc = opts.replace(' ', "%20").replace('=', "%3D");
+        format!("{}&options={enc}", h.url("app_user", db))
+    };
+    let c = connect(&with("app", "-c search_path=acme,public"))
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&c, "SELECT current_schemas(false)::text").await,
+        "{acme,public}"
+    );
+    assert_eq!(
+        scalar(&c, "SELECT string_agg(name, ',' ORDER BY id) FROM items").await,
+        "acme-one,acme-two"
+    );
+    drop(c);
+    // A leaves its settings on the only server connection; B's invalid value fails B
+    let a = connect(&with("app", "-c work_mem=1234kB -c app.custom=a"))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&a, "SHOW work_mem").await, "1234kB");
+    drop(a);
+    let b = connect(&with("app", "-c statement_timeout=bogus"))
+        .await
+        .unwrap();
+    let e = b.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{e}");
+    assert!(b.simple_query("SELECT 1").await.is_err(), "B is closed");
+    // the next client sees neither A's settings nor B's
+    let c = h.connect("app_user", "app").await;
+    assert_eq!(scalar(&c, "SHOW work_mem").await, "4MB");
+    assert_eq!(scalar(&c, "SHOW statement_timeout").await, "0");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT coalesce(current_setting('app.custom', true), '')"
+        )
+        .await,
+        ""
+    );
+    // T3 at login
+    for opts in [
+        "-c app.tenant_id=globex",
+        "-c search_path=globex",
+        "-c role=tenant_globex",
+    ] {
+        let e = connect(&with("acme", opts))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{opts} accepted"));
+        assert_eq!(sqlstate(&e), "42501", "{opts}: {e}");
+    }
+    // other startup parameters are still fine for tenants
+    let t = connect(&with("acme", "-c work_mem=2MB")).await.unwrap();
+    assert_eq!(scalar(&t, "SHOW work_mem").await, "2MB");
+    assert_eq!(
+        scalar(&t, "SELECT current_setting('app.tenant_id')").await,
+        "acme"
+    );
+}
+
 /// T3: protected settings cannot be changed by a tenant; look-alikes are not rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_rejects_context_changes_and_nothing_else() {

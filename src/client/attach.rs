@@ -37,7 +37,7 @@ impl Session {
         let mut sql = String::new();
         if conn.params.sync_to(&self.params, &mut sql) {
             put_query(&mut self.sout, sql.as_bytes());
-            self.pending.push(Kind::Query, Action::Swallow);
+            self.pending.push(Kind::Query, Action::SyncParams);
         }
         self.status = b'I';
         self.fresh = true;

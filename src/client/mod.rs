@@ -303,6 +303,23 @@ async fn handshake(
         send_error(&mut stream, PgError::fatal("28000", format!("pgward: database \"{}\" requires a tenant (dbname = tenant id, user.tenant, or options=-cpgward.tenant=…)", db.name))).await;
         return None;
     }
+    let tenant = resolved
+        .tenant
+        .as_ref()
+        .and_then(|t| shared.tenants.load().get(&t.id).cloned());
+    if let Some(t) = &tenant {
+        // T3 at login: a startup parameter (or `options=-c …`) may not set what the tenant
+        // context sets, as `SET` may not.
+        let protected = resolved
+            .params
+            .iter()
+            .find(|(name, _)| t.is_protected(&name.to_ascii_lowercase()));
+        if let Some((name, _)) = protected {
+            crate::metrics::rejected("tenant_guard");
+            send_error(&mut stream, PgError::fatal("42501", format!("pgward: startup parameter \"{name}\" is not allowed for tenant \"{}\": the tenant context is managed by the proxy", t.tenant.id))).await;
+            return None;
+        }
+    }
     let pool = if dynamic {
         auth_query::user_pool(shared, &db, &user, client_key)
     } else {
@@ -334,10 +351,6 @@ async fn handshake(
         shared.cancels.unregister(pid, secret);
         return None;
     }
-    let tenant = resolved
-        .tenant
-        .as_ref()
-        .and_then(|t| shared.tenants.load().get(&t.id).cloned());
     let info = Arc::new(ClientInfo {
         id: shared.next_client.fetch_add(1, Ordering::Relaxed),
         user: user.name.clone(),

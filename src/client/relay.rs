@@ -92,7 +92,7 @@ impl Session {
         let body = &frame[5..];
         let front_swallows = matches!(
             self.pending.front().map(|u| &u.action),
-            Some(Action::Swallow)
+            Some(Action::Swallow | Action::SyncParams)
         );
         match tag {
             b'A' => return Route::Forward,
@@ -133,6 +133,13 @@ impl Session {
                 format!("pgward: unexpected message '{}' from server", tag as char),
             ));
         };
+        if tag == b'E' && matches!(unit.action, Action::SyncParams) {
+            let f = parse_error_fields(body);
+            return Route::Broken(PgError::fatal(
+                String::from_utf8_lossy(f.code).into_owned(),
+                String::from_utf8_lossy(f.message).into_owned(),
+            ));
+        }
         let (kind, sent, client_request) = (
             unit.kind,
             unit.sent,

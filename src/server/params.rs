@@ -218,7 +218,14 @@ impl ServerParams {
             }
             match want {
                 Some(v) => {
-                    let _ = write!(sql, "SET {} TO {};", quote_ident(lname), quote_literal(v));
+                    // set_config parses the value as a startup option would: a list such as
+                    // `search_path=a,b` stays a list (`SET x TO 'a,b'` would make it one name).
+                    let _ = write!(
+                        sql,
+                        "SELECT pg_catalog.set_config({}, {}, false);",
+                        quote_literal(lname),
+                        quote_literal(v)
+                    );
                     let display = client.values.display(lname).unwrap_or(lname).to_string();
                     self.current.set(&display, v);
                 }
@@ -309,7 +316,7 @@ mod tests {
         assert!(server.sync_to(&client, &mut sql));
         assert_eq!(
             sql,
-            "SET \"application_name\" TO E'psql';SET \"extra_float_digits\" TO E'3';"
+            "SELECT pg_catalog.set_config(E'application_name', E'psql', false);SELECT pg_catalog.set_config(E'extra_float_digits', E'3', false);"
         );
         sql.clear();
         assert!(!server.sync_to(&client, &mut sql));
@@ -318,7 +325,7 @@ mod tests {
         assert!(server.sync_to(&other, &mut sql));
         assert_eq!(
             sql,
-            "SET \"application_name\" TO E'';RESET \"extra_float_digits\";"
+            "SELECT pg_catalog.set_config(E'application_name', E'', false);RESET \"extra_float_digits\";"
         );
     }
 
@@ -342,13 +349,19 @@ mod tests {
         // the client's own SET (seen as ParameterStatus) changes the server: diff again
         server.observe(b"TimeZone", b"Asia/Tokyo");
         assert!(server.sync_to(&c2, &mut sql));
-        assert_eq!(sql, "SET \"timezone\" TO E'UTC';");
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config(E'timezone', E'UTC', false);"
+        );
         sql.clear();
         // the client's view follows a ParameterStatus it was told
         let mut c3 = ClientParams::new(&base, &startup);
         assert!(c3.set("TimeZone", "Europe/Paris"));
         assert!(server.sync_to(&c3, &mut sql));
-        assert_eq!(sql, "SET \"timezone\" TO E'Europe/Paris';");
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config(E'timezone', E'Europe/Paris', false);"
+        );
         sql.clear();
         server.reset_to_baseline();
         assert!(server.sync_to(&c3, &mut sql));

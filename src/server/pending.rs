@@ -54,6 +54,10 @@ pub enum Action {
     Forward,
     /// The proxy's own request: its responses are dropped, except errors.
     Swallow,
+    /// Applying the client's startup parameters (dropped like `Swallow`). An error means the
+    /// client's parameters are invalid (PostgreSQL would have refused the connection): the
+    /// client gets it as FATAL and the server connection, in an unknown state, is closed.
+    SyncParams,
     /// A request the proxy substituted so that it fails on the server (with PostgreSQL's own
     /// effects on the transaction); its ErrorResponse is replaced by these bytes.
     ReplaceError(Bytes),
