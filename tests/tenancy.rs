@@ -405,6 +405,48 @@ async fn startup_parameters_are_applied_checked_and_guarded() {
     );
 }
 
+/// T1 for a Query that ends the transaction and goes on (`…; COMMIT; SELECT …`): sent from
+/// outside a transaction, the context covers all of it; sent inside one, where nothing can be
+/// sent between the end and what follows, a tenant's such Query is refused (0A000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_that_ends_the_transaction_and_goes_on() {
+    let h = Harness::start(tenant_opts(1)).await;
+    let last_row = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .last()
+            .expect("a row")
+    };
+    let c = h.connect("app_user", "acme").await;
+    for sql in [
+        format!("BEGIN; SELECT 1; COMMIT; {PROBE}"),
+        format!("SELECT 1; ROLLBACK; {PROBE}"),
+    ] {
+        let rows = c.simple_query(&sql).await.unwrap();
+        assert_eq!(last_row(rows), expected("acme"), "{sql}");
+    }
+    c.batch_execute("BEGIN").await.unwrap();
+    let e = c
+        .simple_query(&format!("COMMIT; {PROBE}"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // ending the transaction last is fine
+    c.batch_execute("BEGIN").await.unwrap();
+    let rows = c.simple_query(&format!("{PROBE}; COMMIT")).await.unwrap();
+    assert_eq!(last_row(rows), expected("acme"));
+    assert_eq!(scalar(&c, PROBE).await, expected("acme"));
+    // clients without a tenant context are not affected
+    let p = h.connect("app_user", "app").await;
+    p.batch_execute("BEGIN").await.unwrap();
+    let rows = p.simple_query("COMMIT; SELECT 7").await.unwrap();
+    assert_eq!(last_row(rows), "7");
+}
+
 /// T3: protected settings cannot be changed by a tenant; look-alikes are not rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_rejects_context_changes_and_nothing_else() {

@@ -112,7 +112,10 @@ impl Session {
             b'P' => self.on_parse(frame, body),
             b'B' => self.on_bind(frame, body),
             b'D' => self.on_describe(frame, body),
-            b'E' => self.on_extended(frame, Kind::Execute),
+            b'E' => {
+                self.reinject |= self.portal_ends_txn && self.server.is_some();
+                self.on_extended(frame, Kind::Execute)
+            }
             b'C' => self.on_close(frame, body),
             b'S' => self.on_sync(frame),
             b'H' => {
@@ -207,6 +210,30 @@ impl Session {
         None
     }
 
+    /// T1 for a Query that ends the client's open transaction and goes on (`COMMIT; SELECT …`
+    /// sent inside a transaction): the statements after the end would run without the tenant
+    /// context, and nothing can be sent between them, so a tenant's such Query is refused.
+    /// (From outside a transaction the context is set at session level instead; see on_query.)
+    fn vet_continuation(&self, a: &Analysis) -> Option<PgError> {
+        let t = self.tenant.as_ref().filter(|t| t.pairs > 0)?;
+        let in_txn = self.server.is_some()
+            && !self.fresh
+            && self.pending.is_empty()
+            && !self.unsynced
+            && self.status != b'I';
+        if !(in_txn && a.flags.contains(Flags::AFTER_TXN_END)) {
+            return None;
+        }
+        crate::metrics::rejected("tenant_guard");
+        Some(PgError::error(
+            "0A000",
+            format!(
+                "pgward: tenant \"{}\": a Query sent inside a transaction may not end it and continue (COMMIT; …): statements after the end would run without the tenant context; send them as a separate Query",
+                t.tenant.id
+            ),
+        ))
+    }
+
     /// Track session state and statement-cache effects of SQL that is about to run.
     fn note_effects(&mut self, flags: Flags) {
         self.dirty.insert(session_dirt(flags));
@@ -233,14 +260,13 @@ impl Session {
         let replacement = if self.is_closing_reset(sql, &a) {
             None
         } else {
-            self.vet(&a)
+            self.vet(&a).or_else(|| self.vet_continuation(&a))
         };
         // Statements that cannot run in a transaction block, and multi-statement Queries that
         // end a transaction part-way (`BEGIN; …; COMMIT; SELECT …`): a transaction-local
         // context would not cover everything, so it is set at session level and reset after.
         let non_txn = replacement.is_none()
-            && (a.flags.contains(Flags::NON_TXN)
-                || (a.flags.contains(Flags::TXN_END) && a.statements > 1));
+            && (a.flags.contains(Flags::NON_TXN) || a.flags.contains(Flags::AFTER_TXN_END));
         if a.statements == 0 && self.server.is_none() {
             // Empty query: answer like PostgreSQL without taking a server connection.
             self.emit_local(|out| {
@@ -288,6 +314,7 @@ impl Session {
         }
         self.unsynced = true;
         self.stmt_started.get_or_insert_with(Instant::now);
+        self.reinject_context(); // Parse resolves names: the context must be in place
         let poisoned;
         let effects = match replacement {
             Some(_) => Flags::default(),
@@ -343,6 +370,8 @@ impl Session {
         if effects != Flags::default() {
             self.note_effects(effects);
         }
+        self.reinject_context();
+        self.portal_ends_txn = effects.contains(Flags::TXN_END);
         if self.observe.is_some() {
             self.exec_text = if stmt.is_empty() {
                 self.unnamed_text.clone().map(QueryText::Raw)
@@ -416,6 +445,8 @@ impl Session {
         }
         self.skip_till_sync = false;
         self.stmt_started = None;
+        self.reinject = false;
+        self.portal_ends_txn = false;
         if self.server.is_none() {
             self.unsynced = false;
             self.emit_local(|out| backend::ready_for_query(out, b'I'));
@@ -549,6 +580,15 @@ impl Session {
     /// waiting to be reported by [`Session::begin`]).
     fn want_server(&mut self) -> Option<Step> {
         (self.server.is_none() && self.acquire_error.is_none()).then_some(Step::NeedServer)
+    }
+
+    /// T1 inside an extended block: after a statement that ended the transaction (`COMMIT`
+    /// executed, more messages before Sync), the next Parse or Bind runs in a new
+    /// transaction, which gets the tenant context again.
+    fn reinject_context(&mut self) {
+        if std::mem::take(&mut self.reinject) {
+            self.inject_context(false);
+        }
     }
 
     /// Tenant context for a block that starts now with the server idle.

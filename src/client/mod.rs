@@ -421,6 +421,8 @@ async fn handshake(
         exec_text: None,
         unnamed_text: None,
         unnamed_effects: Default::default(),
+        portal_ends_txn: false,
+        reinject: false,
     }))
 }
 

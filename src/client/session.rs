@@ -99,6 +99,10 @@ pub struct Session {
     pub(super) unnamed_text: Option<bytes::Bytes>,
     /// Session effects of the last unnamed Parse, noted again at each Bind of it.
     pub(super) unnamed_effects: crate::sql::classify::Flags,
+    /// The portal last bound runs a statement that ends the transaction.
+    pub(super) portal_ends_txn: bool,
+    /// A transaction ended inside this extended block: the next Bind gets the tenant context.
+    pub(super) reinject: bool,
 }
 
 pub(super) enum Event {

@@ -117,6 +117,8 @@ impl Flags {
     pub const UNCERTAIN: Flags = Flags(1 << 13);
     /// A `COPY` statement.
     pub const COPY: Flags = Flags(1 << 14);
+    /// A statement follows a transaction end (`COMMIT; SELECT …`) in the same text.
+    pub const AFTER_TXN_END: Flags = Flags(1 << 15);
 
     /// True if every bit of `other` is set in `self`.
     pub const fn contains(self, other: Flags) -> bool {
@@ -1228,6 +1230,7 @@ impl<'a, 'p> Pass<'a, 'p> {
         let mut routine = false;
         loop {
             let in_atomic = atomic;
+            let ended_before = self.flags.contains(Flags::TXN_END);
             let head = self.head(Cursor::new(lx), in_atomic);
             if in_atomic && head.ends_body {
                 atomic = false;
@@ -1236,6 +1239,9 @@ impl<'a, 'p> Pass<'a, 'p> {
                 routine = head.routine;
                 if head.nonempty {
                     self.statements = self.statements.saturating_add(1);
+                    if ended_before {
+                        self.flags |= Flags::AFTER_TXN_END;
+                    }
                 }
             }
             let mut depth = 0u32;
@@ -2387,6 +2393,25 @@ mod tests {
             flags("ROLLBACK PREPARED 'gx'"),
             Flags::TXN_END | Flags::NON_TXN
         );
+    }
+
+    #[test]
+    fn statements_after_a_transaction_end() {
+        for sql in [
+            "COMMIT; SELECT 1",
+            "select 1; rollback; select 2",
+            "end;\n-- c\n select 3",
+        ] {
+            assert!(has(sql, Flags::AFTER_TXN_END), "{sql}");
+        }
+        for sql in [
+            "COMMIT",
+            "SELECT 1; COMMIT",
+            "BEGIN; SELECT 1; COMMIT;",
+            "commit; ; -- x",
+        ] {
+            assert!(!has(sql, Flags::AFTER_TXN_END), "{sql}");
+        }
     }
 
     #[test]

@@ -319,6 +319,28 @@ def tenants(acme_url, globex_url):
         globex.close()
 
 
+def tenant_pipeline_commit(acme_url, globex_url):
+    """T1 inside one extended-protocol block (libpq pipeline mode: no Sync until the end):
+    statements after a COMMIT or ROLLBACK in the same pipeline run in a new transaction, which
+    must get the tenant context again."""
+    for tenant, url in (("acme", acme_url), ("globex", globex_url)):
+        with psycopg.connect(url, autocommit=True) as conn:
+            for round_ in range(5):
+                with conn.pipeline():
+                    cs = [conn.cursor() for _ in range(7)]
+                    cs[0].execute("BEGIN")
+                    cs[1].execute(TENANT_SQL)
+                    cs[2].execute("COMMIT" if round_ % 2 else "ROLLBACK")
+                    cs[3].execute(TENANT_SQL)
+                    cs[4].execute("SELECT current_setting('app.tenant_id', true)")
+                    cs[5].execute("COMMIT")  # no transaction in progress: a warning only
+                    cs[6].execute("SELECT %s::text || current_setting('app.tenant_id', true)", ("x",))
+                counts["queries"] += 7
+                got = [cs[1].fetchone()[0], cs[3].fetchone()[0], cs[4].fetchone()[0], cs[6].fetchone()[0]]
+                want = [TENANT_WANT[tenant], TENANT_WANT[tenant], tenant, "x" + tenant]
+                check(got == want, f"{tenant} pipeline round {round_}: {got!r}")
+
+
 def main(plain_url, acme_url, globex_url):
     t0 = time.monotonic()
     run("prepared statements", prepared_statements, plain_url)
@@ -328,6 +350,7 @@ def main(plain_url, acme_url, globex_url):
     run("pipeline", pipeline, plain_url)
     run("async connections", lambda u: asyncio.run(asyncio.wait_for(async_many(u), 180)), plain_url)
     run("tenants", tenants, acme_url, globex_url)
+    run("tenant pipeline with COMMIT", tenant_pipeline_commit, acme_url, globex_url)
     elapsed = time.monotonic() - t0
     if errors:
         print(f"psycopg: FAILED with {len(errors)} errors, {counts['queries']} queries ok in {elapsed:.1f}s",
