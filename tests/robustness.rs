@@ -33,6 +33,77 @@ async fn cancel_reaches_the_right_backend() {
     assert_eq!(scalar(&other, "SELECT 'other fine'").await, "other fine");
 }
 
+/// Cancels racing with the end of their client's statement never reach the next client of
+/// that backend: clients cancelling at random moments share a small pool with clients that
+/// never cancel, and those never see 57014.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_racing_with_release_hit_no_other_client() {
+    let h = Harness::start(Opts {
+        size: 4,
+        ..Opts::default()
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut cancellers = Vec::new();
+    for n in 0..8u64 {
+        let c = h.connect("app_user", "app").await;
+        cancellers.push(tokio::spawn(async move {
+            let c = std::sync::Arc::new(c);
+            let mut i = 0u64;
+            while Instant::now() < until {
+                i += 1;
+                let token = c.cancel_token();
+                let q = {
+                    let c = c.clone();
+                    tokio::spawn(async move { c.simple_query("SELECT pg_sleep(0.01)").await })
+                };
+                // cancel at a moment anywhere around the statement's end
+                tokio::time::sleep(Duration::from_micros((n * 7919 + i * 104_729) % 15_000)).await;
+                let _ = token.cancel_query(tokio_postgres::NoTls).await;
+                let _ = q.await.unwrap();
+                // idle between statements, so the pool has room and the cancel is what races
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            i
+        }));
+    }
+    let mut innocents = Vec::new();
+    for _ in 0..6 {
+        let c = h.connect("app_user", "app").await;
+        innocents.push(tokio::spawn(async move {
+            let (mut ok, mut cancelled) = (0u64, 0u64);
+            while Instant::now() < until {
+                match c.simple_query("SELECT pg_sleep(0.003)").await {
+                    Ok(_) => ok += 1,
+                    Err(e) if sqlstate(&e) == "57014" => cancelled += 1,
+                    Err(e) => panic!("innocent client: {e}"),
+                }
+            }
+            (ok, cancelled)
+        }));
+    }
+    let mut cancels = 0;
+    for t in cancellers {
+        cancels += t.await.unwrap();
+    }
+    let (mut ok, mut cancelled) = (0, 0);
+    for t in innocents {
+        let (o, c) = t.await.unwrap();
+        ok += o;
+        cancelled += c;
+    }
+    eprintln!("{cancels} cancels sent; other clients: {ok} statements, {cancelled} cancelled");
+    assert!(
+        cancels > 100 && ok > 100,
+        "too little traffic: {cancels} cancels, {ok} queries"
+    );
+    assert_eq!(
+        cancelled, 0,
+        "{cancelled} of {} statements of clients that never cancel were cancelled ({cancels} cancels sent)",
+        ok + cancelled
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_client_releases_its_locks() {
     let h = Harness::start(Opts::default()).await;

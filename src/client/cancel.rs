@@ -2,22 +2,44 @@
 //! it is forwarded to the PostgreSQL backend serving that client at that moment, and to
 //! nothing else. A client holding no server connection has nothing to cancel.
 //!
-//! Known race (shared with PgBouncer): a cancel that arrives as the client's transaction ends
-//! may reach the backend after it was released; the slot is cleared before release, so the
-//! window is the time PostgreSQL takes to deliver the signal.
+//! A cancel racing with the end of the client's transaction must not hit the next client of
+//! that backend: the target is read and an in-flight count raised under one lock, the release
+//! clears the target under the same lock and, if a cancel is in flight, keeps the connection
+//! out of the pool until PostgreSQL has closed the cancel connection (it sends the signal
+//! before closing; a signal reaching an idle backend is ignored).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::config::Database;
 use crate::protocol::startup::encode_cancel;
 
+/// How long a forwarded cancel may take (connect, send, PostgreSQL closing the connection).
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Target = (Arc<Database>, i32, i32);
+
 #[derive(Default)]
 pub struct CancelSlot {
-    target: Mutex<Option<(Arc<Database>, i32, i32)>>,
+    target: Mutex<Option<Target>>,
+    in_flight: AtomicUsize,
+    settled: Notify,
+}
+
+/// A cancel being forwarded; lowers the in-flight count when dropped.
+struct Forwarding<'a>(&'a CancelSlot);
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.settled.notify_waiters();
+    }
 }
 
 impl CancelSlot {
@@ -27,11 +49,29 @@ impl CancelSlot {
     pub fn detach(&self) {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
-    fn get(&self) -> Option<(Arc<Database>, i32, i32)> {
-        self.target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The backend to cancel, counted as in flight until the guard is dropped.
+    fn start(&self) -> Option<(Target, Forwarding<'_>)> {
+        let t = self.target.lock().unwrap_or_else(|e| e.into_inner());
+        let target = t.clone()?;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some((target, Forwarding(self)))
+    }
+    /// A cancel for the current target is being forwarded (read after `detach`: it can only
+    /// go down).
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+    /// Wait until no cancel is in flight (each is bounded by its own timeout).
+    pub async fn settled(&self) {
+        loop {
+            let n = self.settled.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !self.in_flight() {
+                return;
+            }
+            n.await;
+        }
     }
 }
 
@@ -66,7 +106,7 @@ impl CancelRegistry {
             tracing::debug!(pid, "cancel request for unknown key ignored");
             return;
         };
-        let Some((db, spid, ssecret)) = slot.get() else {
+        let Some(((db, spid, ssecret), _forwarding)) = slot.start() else {
             return;
         };
         let up = &db.upstream;
@@ -77,9 +117,14 @@ impl CancelRegistry {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             s.write_all(&encode_cancel(spid, ssecret)).await?;
             s.flush().await?;
-            s.shutdown().await
-        }
-        .await;
+            // PostgreSQL signals the backend, then closes: wait for that.
+            let mut sink = [0u8; 64];
+            while s.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        let r = tokio::time::timeout(CANCEL_TIMEOUT, r)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("timed out")));
         if let Err(e) = r {
             tracing::warn!(database = %db.name, error = %e, "forwarding cancel request failed");
         }

@@ -64,17 +64,16 @@ impl Session {
             return;
         };
         let now = self.detach(&co);
-        if dirty.is_empty() {
-            co.checkin_at(now);
-        } else {
+        let mut sql = String::new();
+        if !dirty.is_empty() {
             count_resets(dirty);
-            let sql = reset_sql(
+            sql = reset_sql(
                 dirty,
                 co.conn(),
                 self.tenant.as_deref().map(|t| t.reset_sql.as_str()),
             );
-            tokio::spawn(reset_and_checkin(co, sql));
         }
+        self.give_back(co, now, sql);
         // An idle client keeps no buffers.
         if self.cin.is_empty() {
             self.cin = BytesMut::new();
@@ -99,6 +98,30 @@ impl Session {
             .xact_time_us
             .fetch_add(held.as_micros() as u64, Relaxed);
         now
+    }
+
+    /// Return a detached connection to the pool, after running `sql` (a reset) if not empty,
+    /// and after any cancel this client sent for it has been delivered.
+    fn give_back(&self, co: Checkout, now: std::time::Instant, sql: String) {
+        if self.cancel.in_flight() {
+            let slot = self.cancel.clone();
+            tokio::spawn(async move {
+                if tokio::time::timeout(RESET_TIMEOUT, slot.settled())
+                    .await
+                    .is_err()
+                {
+                    return; // dropped: the connection closes
+                }
+                match sql.is_empty() {
+                    true => co.checkin(),
+                    false => reset_and_checkin(co, sql).await,
+                }
+            });
+        } else if sql.is_empty() {
+            co.checkin_at(now);
+        } else {
+            tokio::spawn(reset_and_checkin(co, sql));
+        }
     }
 
     /// The session is over: tell the client why, and return or close the server connection.
@@ -132,11 +155,7 @@ impl Session {
                         self.tenant.as_deref().map(|t| t.reset_sql.as_str()),
                     ));
                 }
-                if sql.is_empty() {
-                    co.checkin_at(now);
-                } else {
-                    tokio::spawn(reset_and_checkin(co, sql));
-                }
+                self.give_back(co, now, sql);
             }
             // else: dropped, the connection closes
         }
