@@ -213,6 +213,14 @@ async fn admin_console_commands() {
     .await;
     let c = h.connect("app_user", "acme").await;
     c.simple_query("SELECT 1").await.unwrap();
+    // the extended protocol gets a clear error (not an empty answer); simple queries go on
+    let a = h.connect("admin", "pgward").await;
+    let e = a.query("SHOW POOLS", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    let rows = a.simple_query("SHOW POOLS").await.unwrap();
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
     let cols = tokio::task::block_in_place(|| columns(&h, "SHOW POOLS"));
     for want in [
         "database",

@@ -58,6 +58,7 @@ pub async fn run(mut stream: Stream, mut buf: BytesMut, shared: Arc<Shared>, use
         return;
     }
     tracing::info!(%user, "admin console session");
+    let mut refused = false;
     loop {
         out.clear();
         let (tag, body) = match read_message(&mut stream, &mut buf, 1 << 20).await {
@@ -74,10 +75,22 @@ pub async fn run(mut stream: Stream, mut buf: BytesMut, shared: Arc<Shared>, use
                 backend::ready_for_query(&mut out, b'I');
             }
             b'X' => return,
-            b'S' => backend::ready_for_query(&mut out, b'I'),
+            b'S' => {
+                refused = false;
+                backend::ready_for_query(&mut out, b'I')
+            }
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
-                // Only the simple query protocol; answer once per Sync.
-                continue;
+                // Only the simple query protocol: one error per extended block, then the
+                // rest of the block is skipped until Sync (as PostgreSQL skips after an error).
+                if refused {
+                    continue;
+                }
+                refused = true;
+                PgError::error(
+                    "0A000",
+                    "the admin console supports only the simple query protocol",
+                )
+                .encode(&mut out);
             }
             _ => {
                 PgError::fatal("08P01", "invalid message for the admin console").encode(&mut out);
