@@ -341,8 +341,12 @@ async fn handshake(
         }
     };
     let params = ClientParams::new(&baseline, &resolved.params);
-    for (_, name, value) in params.values.iter() {
-        backend::parameter_status(&mut out, name, value);
+    // Like PostgreSQL, report only the parameters the server reports (GUC_REPORT ones: the
+    // baseline's names), with the client's values where it set them.
+    for (lname, name, value) in params.values.iter() {
+        if baseline.get(lname).is_some() {
+            backend::parameter_status(&mut out, name, value);
+        }
     }
     let (pid, secret, cancel) = shared.cancels.register();
     backend::backend_key_data(&mut out, pid, secret);
