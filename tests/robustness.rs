@@ -33,6 +33,37 @@ async fn cancel_reaches_the_right_backend() {
     assert_eq!(scalar(&other, "SELECT 'other fine'").await, "other fine");
 }
 
+/// A cancel for a client waiting for a server connection fails its statement (57014) at once,
+/// as PostgreSQL would have cancelled it, instead of leaving it queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_waiting_for_a_server() {
+    let h = Harness::start(Opts {
+        size: 1,
+        ..Opts::default()
+    })
+    .await;
+    let x = h.connect("app_user", "app").await;
+    x.batch_execute("BEGIN; SELECT 1").await.unwrap(); // holds the only server connection
+    let y = std::sync::Arc::new(h.connect("app_user", "app").await);
+    let token = y.cancel_token();
+    let start = Instant::now();
+    let q = {
+        let y = y.clone();
+        tokio::spawn(async move { y.simple_query("SELECT 'ran'").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = q.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    x.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(scalar(&y, "SELECT 'next one runs'").await, "next one runs");
+}
+
 /// Cancels racing with the end of their client's statement never reach the next client of
 /// that backend: clients cancelling at random moments share a small pool with clients that
 /// never cancel, and those never see 57014.

@@ -21,7 +21,21 @@ impl Session {
         }
         self.info.state.store(2, Ordering::Relaxed);
         // Boxed so that waiting for a server does not enlarge every idle client's task.
-        let r = Box::pin(self.pool.checkout()).await;
+        let (pool, cancel) = (&self.pool, &self.cancel);
+        let r = Box::pin(async move {
+            tokio::select! {
+                r = pool.checkout() => Some(r),
+                _ = cancel.cancelled_while_waiting() => None,
+            }
+        })
+        .await;
+        let Some(r) = r else {
+            self.info.state.store(0, Ordering::Relaxed);
+            return Err(PgError::error(
+                "57014",
+                "canceling statement due to user request",
+            ));
+        };
         self.info.state.store(1, Ordering::Relaxed);
         let mut co = r.map_err(|e| {
             self.info.state.store(0, Ordering::Relaxed);

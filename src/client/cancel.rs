@@ -2,6 +2,9 @@
 //! it is forwarded to the PostgreSQL backend serving that client at that moment, and to
 //! nothing else. A client holding no server connection has nothing to cancel.
 //!
+//! A cancel for a client that is waiting for a server connection ends that wait: its statement
+//! fails with 57014, as it would have on the server.
+//!
 //! A cancel racing with the end of the client's transaction must not hit the next client of
 //! that backend: the target is read and an in-flight count raised under one lock, the release
 //! clears the target under the same lock and, if a cancel is in flight, keeps the connection
@@ -30,6 +33,8 @@ pub struct CancelSlot {
     target: Mutex<Option<Target>>,
     in_flight: AtomicUsize,
     settled: Notify,
+    /// Wakes the client's wait for a server connection (its statement is cancelled there).
+    waiting: Notify,
 }
 
 /// A cancel being forwarded; lowers the in-flight count when dropped.
@@ -61,6 +66,12 @@ impl CancelSlot {
     pub fn in_flight(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
     }
+    /// Resolves when a cancel arrives while no backend is attached (the client is waiting for
+    /// one). Only cancels sent while this is being awaited count.
+    pub async fn cancelled_while_waiting(&self) {
+        self.waiting.notified().await
+    }
+
     /// Wait until no cancel is in flight (each is bounded by its own timeout).
     pub async fn settled(&self) {
         loop {
@@ -107,6 +118,8 @@ impl CancelRegistry {
             return;
         };
         let Some(((db, spid, ssecret), _forwarding)) = slot.start() else {
+            // Nothing running on a server: a client waiting for one stops waiting.
+            slot.waiting.notify_waiters();
             return;
         };
         let up = &db.upstream;
