@@ -1,6 +1,6 @@
 //! Cancel requests. Each client gets a proxy-issued BackendKeyData; a CancelRequest carrying
 //! it is forwarded to the PostgreSQL backend serving that client at that moment, and to
-//! nothing else. A client holding no server connection has nothing to cancel.
+//! nothing else.
 //!
 //! A cancel for a client that is waiting for a server connection ends that wait: its statement
 //! fails with 57014, as it would have on the server.

@@ -38,7 +38,9 @@ pub fn resolve(
         .filter(|d| !d.is_empty())
         .unwrap_or(raw_user);
 
+    // As in PostgreSQL, `options` are applied first and explicit startup parameters override.
     let mut params = Vec::new();
+    let mut explicit = Vec::new();
     let mut option_tenant = None;
     for (k, v) in &m.params {
         match k.as_str() {
@@ -52,9 +54,10 @@ pub fn resolve(
                     }
                 }
             }
-            _ => params.push((k.clone(), v.clone())),
+            _ => explicit.push((k.clone(), v.clone())),
         }
     }
+    params.extend(explicit);
     if m.get("replication")
         .is_some_and(|r| r != "false" && r != "0" && r != "off")
     {
@@ -268,6 +271,21 @@ mod tests {
         .unwrap();
         assert_eq!(r.tenant.unwrap().id, "acme");
         assert_eq!(r.params, vec![("x.y".to_string(), "1".to_string())]);
+        // explicit startup parameters come after (override) `options`, as in PostgreSQL
+        let r = resolve(
+            &c,
+            &msg(&[
+                ("user", "app_user"),
+                ("search_path", "acme"),
+                ("options", "-c search_path=globex"),
+            ]),
+        )
+        .unwrap();
+        let p = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            r.params,
+            vec![p("search_path", "globex"), p("search_path", "acme")]
+        );
         let r = resolve(&c, &msg(&[("user", "app_user"), ("database", "app")])).unwrap();
         assert!(r.tenant.is_none());
         let e = resolve(&c, &msg(&[("user", "app_user.nope"), ("database", "app")])).unwrap_err();
