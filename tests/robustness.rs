@@ -326,6 +326,60 @@ async fn malformed_input_is_refused_and_others_keep_working() {
     }
 }
 
+/// A Bind of the unnamed statement without a Parse in the same checkout must not execute the
+/// unnamed statement another client left on the server connection (hand-made messages: no
+/// driver does this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statement_of_another_client_is_not_bound() {
+    let h = Harness::start(Opts {
+        size: 1,
+        extra: "\n[[users]]\nname = \"raw\"\nauth = \"trust\"\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    // another client leaves an unnamed statement on the only server connection
+    let a = h.connect("app_user", "app").await;
+    let rows = a
+        .query_typed(
+            "SELECT 'secret of a' || $1::text",
+            &[(&"!", tokio_postgres::types::Type::TEXT)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "secret of a!");
+    let port = h.port();
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut s = raw(port);
+        s.write_all(&startup("raw", "app")).unwrap();
+        // Bind "" → "" with one text parameter, Execute, Sync, then Terminate
+        let mut m = Vec::new();
+        let mut bind = Vec::new();
+        bind.extend_from_slice(b"\0\0"); // portal "", statement ""
+        bind.extend_from_slice(&0i16.to_be_bytes()); // parameter formats
+        bind.extend_from_slice(&1i16.to_be_bytes()); // one parameter
+        bind.extend_from_slice(&1i32.to_be_bytes());
+        bind.push(b'?');
+        bind.extend_from_slice(&0i16.to_be_bytes()); // result formats
+        m.push(b'B');
+        m.extend_from_slice(&(bind.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(&bind);
+        m.extend_from_slice(b"E\0\0\0\x09\0\0\0\0\0");
+        m.extend_from_slice(b"S\0\0\0\x04");
+        m.extend_from_slice(b"X\0\0\0\x04");
+        s.write_all(&m).unwrap();
+        read_all(&mut s)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        !text.contains("secret of a"),
+        "ran the other client's statement: {text}"
+    );
+    assert!(text.contains("26000"), "no 26000 error: {text}");
+    assert_eq!(scalar(&a, "SELECT 'a still fine'").await, "a still fine");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_messages_after_login() {
     let h = Harness::start(Opts {

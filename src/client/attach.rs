@@ -55,6 +55,7 @@ impl Session {
         }
         self.status = b'I';
         self.fresh = true;
+        self.unnamed_here = false;
         self.server = Some(co);
         Ok(())
     }

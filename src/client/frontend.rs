@@ -278,6 +278,7 @@ impl Session {
         if let Some(step) = self.begin(non_txn, true)? {
             return Ok(step);
         }
+        self.unnamed_here = false; // a simple Query drops the unnamed statement
         match replacement {
             Some(err) => {
                 fe::put_query(&mut self.sout, POISON);
@@ -322,6 +323,7 @@ impl Session {
         };
         if p.name.is_empty() {
             self.unnamed_effects = effects;
+            self.unnamed_here = replacement.is_none();
         }
         let (definition, action) = match &replacement {
             Some(err) => {
@@ -363,6 +365,14 @@ impl Session {
         self.stmt_started.get_or_insert_with(Instant::now);
         // Executing a statement again has its session effects again (noted at Parse for the
         // first execution; a later transaction may execute it on another connection).
+        if stmt.is_empty() && !self.unnamed_here && self.mode == PoolMode::Transaction {
+            // T2: the server connection's unnamed statement, if any, is another client's.
+            self.fail_extended(PgError::error(
+                "26000",
+                "unnamed prepared statement does not exist",
+            ));
+            return Ok(Step::Next);
+        }
         let effects = match stmt.is_empty() {
             true => self.unnamed_effects,
             false => self.statements.effects(stmt),

@@ -425,6 +425,7 @@ async fn handshake(
         exec_text: None,
         unnamed_text: None,
         unnamed_effects: Default::default(),
+        unnamed_here: false,
         portal_ends_txn: false,
         reinject: false,
     }))

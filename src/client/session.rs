@@ -99,6 +99,9 @@ pub struct Session {
     pub(super) unnamed_text: Option<bytes::Bytes>,
     /// Session effects of the last unnamed Parse, noted again at each Bind of it.
     pub(super) unnamed_effects: crate::sql::classify::Flags,
+    /// The unnamed statement on the current server connection was parsed by this client
+    /// during this checkout (otherwise it is another client's, or none).
+    pub(super) unnamed_here: bool,
     /// The portal last bound runs a statement that ends the transaction.
     pub(super) portal_ends_txn: bool,
     /// A transaction ended inside this extended block: the next Bind gets the tenant context.
