@@ -363,8 +363,6 @@ impl Session {
         }
         self.unsynced = true;
         self.stmt_started.get_or_insert_with(Instant::now);
-        // Executing a statement again has its session effects again (noted at Parse for the
-        // first execution; a later transaction may execute it on another connection).
         if stmt.is_empty() && !self.unnamed_here && self.mode == PoolMode::Transaction {
             // T2: the server connection's unnamed statement, if any, is another client's.
             self.fail_extended(PgError::error(
@@ -373,9 +371,19 @@ impl Session {
             ));
             return Ok(Step::Next);
         }
-        let effects = match stmt.is_empty() {
-            true => self.unnamed_effects,
-            false => self.statements.effects(stmt),
+        // Executing a statement again has its session effects again (noted at Parse for the
+        // first execution; a later transaction may execute it on another connection).
+        let named = match stmt.is_empty() {
+            true => None,
+            false => self
+                .statements
+                .get_with_effects(stmt)
+                .map(|(d, f)| (d.clone(), f)),
+        };
+        let effects = match &named {
+            Some((_, f)) => *f,
+            None if stmt.is_empty() => self.unnamed_effects,
+            None => Flags::default(),
         };
         if effects != Flags::default() {
             self.note_effects(effects);
@@ -383,14 +391,14 @@ impl Session {
         self.reinject_context();
         self.portal_ends_txn = effects.contains(Flags::TXN_END);
         if self.observe.is_some() {
-            self.exec_text = if stmt.is_empty() {
-                self.unnamed_text.clone().map(QueryText::Raw)
-            } else {
-                self.statements.get(stmt).cloned().map(QueryText::Prepared)
+            self.exec_text = match &named {
+                Some((d, _)) => Some(QueryText::Prepared(d.clone())),
+                None if stmt.is_empty() => self.unnamed_text.clone().map(QueryText::Raw),
+                None => None,
             };
         }
-        if self.mode == PoolMode::Transaction && !stmt.is_empty() {
-            if let Some(def) = self.ensure_prepared(stmt) {
+        if self.mode == PoolMode::Transaction {
+            if let Some(def) = named.and_then(|(d, _)| self.prepare_here(d)) {
                 fe::put_bind_renamed(&mut self.sout, portal, &def.name, &body[rest..]);
                 self.push_forward(Kind::Bind);
                 self.mark_uses(def.id);

@@ -69,6 +69,11 @@ impl Session {
     /// connection (a Parse is queued if needed). `None` for names the client never prepared.
     pub(super) fn ensure_prepared(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
         let def = self.statements.get(name)?.clone();
+        self.prepare_here(def)
+    }
+
+    /// [`Session::ensure_prepared`] for a definition already looked up.
+    pub(super) fn prepare_here(&mut self, def: Arc<StatementDef>) -> Option<Arc<StatementDef>> {
         let co = self.server.as_mut()?;
         if co.conn().statements.has_current(&def) {
             crate::metrics::prepared(true);

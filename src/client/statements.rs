@@ -22,10 +22,10 @@ impl ClientStatements {
     pub fn get(&self, name: &[u8]) -> Option<&Arc<StatementDef>> {
         self.map.get(name).map(|e| &e.0)
     }
-    /// What executing the statement does to the session (empty for unknown names).
+    /// The definition and what executing it does to the session.
     #[inline]
-    pub fn effects(&self, name: &[u8]) -> Flags {
-        self.map.get(name).map(|e| e.1).unwrap_or_default()
+    pub fn get_with_effects(&self, name: &[u8]) -> Option<(&Arc<StatementDef>, Flags)> {
+        self.map.get(name).map(|e| (&e.0, e.1))
     }
     pub fn contains(&self, name: &[u8]) -> bool {
         self.map.contains_key(name)
