@@ -368,7 +368,8 @@ def cmd_report(results_path, env_path, prev_path, out_path, doc_path):
     L.append("```")
     L.append(env["uname"])
     L.append(f"nproc: {env['nproc']}   CPU: {env['cpu']}")
-    L.append(f"{env['postgres']}; {env['pgbouncer']}; pgward {env['pgward_rev']}")
+    L.append(f"{env['postgres']}; {env['pgbouncer']}; pgward {env['pgward_rev']} "
+             f"(workers = {env.get('pgward_workers', 0)})")
     L.append("```")
     L.append("")
     L.append("Ratios: **×PgB** = value / PgBouncer's, **×dir** = value / direct's (for TPS higher is "

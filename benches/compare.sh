@@ -16,7 +16,8 @@
 #
 # Environment overrides: BENCH_ROUNDS, BENCH_DURATION (s), BENCH_WORKLOADS (space-separated ids,
 # see WORKLOADS below), BENCH_IDLE_CLIENTS (default 10000), PGWARD_BIN (skip the cargo build),
-# PGWARD_REV (label of that binary in the report), CARGO_TARGET_DIR, PGBIN.
+# PGWARD_REV (label of that binary in the report), BENCH_PGWARD_WORKERS (pgward's `workers`,
+# default 1), CARGO_TARGET_DIR, PGBIN.
 set -euo pipefail
 
 QUICK=0
@@ -82,6 +83,9 @@ WANT_NOFILE=$(( HARD_NOFILE < 65536 ? HARD_NOFILE : 65536 ))
 ulimit -n "$WANT_NOFILE" || true
 NOFILE=$(ulimit -n)
 IDLE_N=${BENCH_IDLE_CLIENTS:-10000}
+# pgward's worker threads: one, like PgBouncer, because PostgreSQL and pgbench share these
+# cores (docs/benchmarks.md, "Worker threads"); 0 = one per core.
+PGWARD_WORKERS=${BENCH_PGWARD_WORKERS:-1}
 if (( IDLE_N > NOFILE - 500 )); then
     IDLE_N=$(( NOFILE - 500 ))
     log "ulimit -n is $NOFILE: measuring with $IDLE_N idle clients instead of 10000"
@@ -237,6 +241,7 @@ write_pgward_config() { # file port http_port(or "") tenant(0/1)
         [[ -n $http ]] && echo "http_listen = \"127.0.0.1:$http\""
         cat <<EOF
 admin_users = []
+workers = $PGWARD_WORKERS
 
 [pool]
 mode = "transaction"
@@ -480,6 +485,7 @@ env = {
     "postgres": subprocess.check_output(["$PGBIN/postgres", "--version"], text=True).strip(),
     "pgbouncer": subprocess.check_output(["$PGBOUNCER", "--version"], text=True).splitlines()[0].strip(),
     "pgward_rev": "$PGWARD_REV",
+    "pgward_workers": $PGWARD_WORKERS,
     "quick": $QUICK == 1,
     "rounds": $ROUNDS,
     "duration": $DURATION,

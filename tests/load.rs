@@ -61,3 +61,91 @@ async fn pgbench_200_clients_over_10_server_connections() {
     assert!(max <= 10, "PostgreSQL saw {max} connections from pgward");
     assert!(max >= 1);
 }
+
+/// The `pgward` binary with `workers = 1` runs tokio's current-thread scheduler (src/main.rs):
+/// the same pgbench load, through it, with a tenant, gives zero failures, and the tenant's
+/// context is on every transaction.
+#[test]
+fn binary_with_one_worker_thread_serves_pgbench_and_tenants() {
+    init_tracing();
+    let pg = start_pg();
+    pgbench_init(&pg, 2);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let o = Opts {
+        size: 5,
+        checkout_timeout: "30s",
+        extra: TENANTS.to_string(),
+        ..Opts::default()
+    };
+    let text = config_text(pg.port(), &o).replace(
+        "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
+        &format!("workers = 1\nlisten = \"127.0.0.1:{port}\""),
+    );
+    assert!(
+        text.contains("workers = 1"),
+        "config template changed:\n{text}"
+    );
+    let path = std::env::temp_dir().join(format!("pgward-one-worker-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgward"))
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start pgward");
+    let child_id = child.id();
+    let _kill = KillOnDrop(&mut child);
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "pgward did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // One thread: the current-thread scheduler (the multi-thread one has a worker besides main).
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", child_id)) {
+        assert_eq!(
+            tasks.count(),
+            1,
+            "pgward with workers = 1 runs more than one thread"
+        );
+    }
+    let secs = (load_seconds() / 4).max(2).to_string();
+    let runs: [(&str, &[&str]); 3] = [
+        ("app_user", &["-S", "-M", "simple"]),
+        ("app_user", &["-M", "extended"]),
+        ("app_user.acme", &["-S", "-M", "prepared"]),
+    ];
+    for (user, mode) in runs {
+        let mut args = vec!["-c", "50", "-j", "2", "-T", &secs, "-n"];
+        args.extend_from_slice(mode);
+        let b = pgbench(&pg, port, user, PASSWORD, "app", &args);
+        eprintln!("{user} {mode:?}: tps {:.0}, failed {}", b.tps, b.failed);
+        assert!(b.ok, "{user} {mode:?}: pgbench failed:\n{}", b.output);
+        assert_eq!(b.failed, 0, "{user} {mode:?}:\n{}", b.output);
+        assert!(b.tps > 0.0, "{user} {mode:?}: no throughput:\n{}", b.output);
+    }
+    let _ = std::fs::remove_file(&path);
+    let out = std::process::Command::new(pg.bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "app_user.acme", "-d", "app", "-c"])
+        .arg("SELECT current_setting('search_path') || '|' || current_setting('app.tenant_id')")
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(got.trim(), "acme, public|acme", "{out:?}");
+}
+
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
