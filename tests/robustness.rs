@@ -351,8 +351,9 @@ async fn unnamed_statement_of_another_client_is_not_bound() {
     let reply = tokio::task::spawn_blocking(move || {
         let mut s = raw(port);
         s.write_all(&startup("raw", "app")).unwrap();
-        // Bind "" → "" with one text parameter, Execute, Sync, then Terminate
-        let mut m = Vec::new();
+        // Describe statement "", Sync (it would describe the other client's statement);
+        // Bind "" → "" with one text parameter, Execute, Sync; then Terminate
+        let mut m = b"D\0\0\0\x06S\0S\0\0\0\x04".to_vec();
         let mut bind = Vec::new();
         bind.extend_from_slice(b"\0\0"); // portal "", statement ""
         bind.extend_from_slice(&0i16.to_be_bytes()); // parameter formats
@@ -376,7 +377,11 @@ async fn unnamed_statement_of_another_client_is_not_bound() {
         !text.contains("secret of a"),
         "ran the other client's statement: {text}"
     );
-    assert!(text.contains("26000"), "no 26000 error: {text}");
+    assert_eq!(
+        text.matches("26000").count(),
+        2,
+        "Describe and Bind of the unnamed statement should both get 26000: {text:?}"
+    );
     assert_eq!(scalar(&a, "SELECT 'a still fine'").await, "a still fine");
 }
 
@@ -471,4 +476,35 @@ async fn protocol_3_2_is_negotiated_down_to_3_0() {
     assert!(String::from_utf8_lossy(&reply).contains("_pq_.future_option"));
     // then authentication continues (SCRAM request)
     assert_eq!(reply[32], b'R', "{reply:?}");
+}
+
+/// A client that pipelines Terminate behind its requests still gets their answers, as from
+/// PostgreSQL (which answers every message in order before it reads the Terminate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_before_terminate_are_delivered() {
+    let h = Harness::start(Opts {
+        extra: "\n[[users]]\nname = \"raw\"\nauth = \"trust\"\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let port = h.port();
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut s = raw(port);
+        s.write_all(&startup("raw", "app")).unwrap();
+        let q = b"SELECT pg_sleep(0.3)::text || 'answered'\0";
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&(q.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(q);
+        m.extend_from_slice(b"X\0\0\0\x04");
+        s.write_all(&m).unwrap();
+        read_all(&mut s)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("answered"), "the answer was dropped: {text:?}");
+    assert!(text.ends_with("Z\0\0\0\x05I"), "no final ReadyForQuery: {text:?}");
+    // the server connection went back clean and serves the next client
+    let c = h.connect("app_user", "app").await;
+    assert_eq!(scalar(&c, "SELECT 'next'").await, "next");
 }

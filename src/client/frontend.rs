@@ -416,6 +416,18 @@ impl Session {
             return Ok(step);
         }
         self.unsynced = true;
+        if self.mode == PoolMode::Transaction
+            && kind == b'S'
+            && name.is_empty()
+            && !self.unnamed_here
+        {
+            // T2: as in on_bind, the unnamed statement here would be another client's.
+            self.fail_extended(PgError::error(
+                "26000",
+                "unnamed prepared statement does not exist",
+            ));
+            return Ok(Step::Next);
+        }
         if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
             if let Some(def) = self.ensure_prepared(name) {
                 fe::put_target(&mut self.sout, b'D', b'S', &def.name);

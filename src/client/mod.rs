@@ -399,6 +399,7 @@ async fn handshake(
         copy_in: false,
         skip_till_sync: false,
         hold: false,
+        terminating: false,
         dirty: Default::default(),
         pinned: mode == PoolMode::Session,
         statements: Default::default(),

@@ -76,6 +76,9 @@ pub struct Session {
     pub(super) skip_till_sync: bool,
     /// Waiting for outstanding responses before the next block can be given its context.
     pub(super) hold: bool,
+    /// The client sent Terminate after requests the server is still answering: their
+    /// responses are delivered (as PostgreSQL would) before the session ends.
+    pub(super) terminating: bool,
     /// Session state left on the server by this client (T2).
     pub(super) dirty: Dirty,
     /// Pinned to its server connection (policy `pin`, or session mode).
@@ -140,7 +143,17 @@ impl Session {
             if let Err(e) = self.process_server() {
                 return End::Fatal(e);
             }
-            match self.process_client() {
+            let flow = match self.terminating {
+                true => {
+                    self.cin.clear(); // nothing after Terminate is read
+                    if self.pending.is_empty() {
+                        return End::ClientGone;
+                    }
+                    Ok(Flow::Continue)
+                }
+                false => self.process_client(),
+            };
+            match flow {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::NeedServer) => {
                     // The one place a session waits for the pool; the message that asked is
@@ -148,7 +161,13 @@ impl Session {
                     self.acquire_error = self.acquire_server().await.err().map(Box::new);
                     continue;
                 }
-                Ok(Flow::Terminate) => return End::ClientGone,
+                Ok(Flow::Terminate) => {
+                    // Wait for the answers only if the server owes them without more input.
+                    if self.pending.is_empty() || self.unsynced || self.server.is_none() {
+                        return End::ClientGone;
+                    }
+                    self.terminating = true;
+                }
                 Err(e) => return End::Fatal(e),
             }
             if self.server_broken {
