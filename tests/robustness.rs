@@ -502,9 +502,98 @@ async fn answers_before_terminate_are_delivered() {
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&reply);
-    assert!(text.contains("answered"), "the answer was dropped: {text:?}");
-    assert!(text.ends_with("Z\0\0\0\x05I"), "no final ReadyForQuery: {text:?}");
+    assert!(
+        text.contains("answered"),
+        "the answer was dropped: {text:?}"
+    );
+    assert!(
+        text.ends_with("Z\0\0\0\x05I"),
+        "no final ReadyForQuery: {text:?}"
+    );
     // the server connection went back clean and serves the next client
     let c = h.connect("app_user", "app").await;
     assert_eq!(scalar(&c, "SELECT 'next'").await, "next");
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// After an error in an extended-protocol block PostgreSQL skips every message up to Sync,
+/// a simple Query and a FunctionCall included (they get no answer at all). The proxy must not
+/// take the Sync's ReadyForQuery as the skipped Query's answer: it would then wait for one
+/// more and never give the server connection back while the client stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_skipped_after_an_extended_error_gets_no_answer() {
+    let h = Harness::start(Opts {
+        size: 1,
+        checkout_timeout: "5s",
+        extra: "\n[[users]]\nname = \"raw\"\nauth = \"trust\"\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let port = h.port();
+    let (reply, s) = tokio::task::spawn_blocking(move || {
+        let mut s = raw(port);
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(&startup("raw", "app")).unwrap();
+        let mut m = frame(b'P', b"\0SELEC 1\0\0\0"); // syntax error
+        m.extend(frame(b'Q', b"SELECT 'skipped'\0"));
+        m.extend(frame(b'F', b"\0\0\x06\x3e\0\0\0\0\0\0")); // FunctionCall, skipped too
+        m.extend(frame(b'S', b""));
+        m.extend(frame(b'Q', b"SELECT 'after'\0"));
+        s.write_all(&m).unwrap();
+        (read_all(&mut s), s) // until the read timeout; the client stays connected
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("42601"), "no syntax error: {text:?}");
+    assert!(
+        !text.contains("skipped"),
+        "a skipped Query was answered: {text:?}"
+    );
+    assert!(
+        text.contains("after"),
+        "the next Query got no answer: {text:?}"
+    );
+    // login, the Sync, the last Query
+    assert_eq!(text.matches("Z\0\0\0\x05I").count(), 3, "{text:?}");
+    // the raw client is idle: its (only) server connection is free for another client
+    let c = h.connect("app_user", "app").await;
+    assert_eq!(scalar(&c, "SELECT 'free'").await, "free");
+    drop(s);
+}
+
+/// A tenant client that leaves while its next message is held (waiting for the answer to a
+/// COPY FROM STDIN that never comes) gives its server connection back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_while_held_frees_its_server() {
+    let h = Harness::start(Opts {
+        size: 1,
+        checkout_timeout: "5s",
+        extra: format!("{TENANTS}\n[[users]]\nname = \"raw\"\nauth = \"trust\"\n"),
+        ..Opts::default()
+    })
+    .await;
+    let port = h.port();
+    tokio::task::spawn_blocking(move || {
+        let mut s = raw(port);
+        s.write_all(&startup("raw.acme", "app")).unwrap();
+        let mut m = frame(b'Q', b"COPY acme.items FROM STDIN\0");
+        m.extend(frame(b'Q', b"SELECT 1\0")); // held until the COPY's ReadyForQuery
+        s.write_all(&m).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        drop(s);
+    })
+    .await
+    .unwrap();
+    let c = h.connect("app_user", "app").await;
+    let r = tokio::time::timeout(Duration::from_secs(20), c.simple_query("SELECT 'free'"))
+        .await
+        .expect("no answer");
+    assert!(r.is_ok(), "the only server connection stayed taken: {r:?}");
 }

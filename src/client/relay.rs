@@ -240,7 +240,7 @@ impl Session {
             let statements = &mut self.statements;
             let server = self.server.as_mut();
             let mut undo_server = Vec::new();
-            let next = self.pending.skip_to_block_end(|u| {
+            let next = self.pending.skip_to_block_end(!from_proxy, |u| {
                 if let Some(id) = u.stmt {
                     undo_server.push(id);
                 }

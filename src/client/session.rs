@@ -265,7 +265,10 @@ impl Session {
                     }
                 }
             }
-            if self.sout.len() < HIGH_WATER && !self.hold {
+            // While held (messages waiting for earlier answers), keep reading up to the
+            // bound, so that a client that went away is noticed even if the server never
+            // answers what it is waiting for.
+            if self.sout.len() < HIGH_WATER && (!self.hold || self.cin.len() < HIGH_WATER) {
                 let idle = self.cin.is_empty() && self.cin.capacity() == 0;
                 let ready = match (&self.client, idle) {
                     // An idle client costs no buffer until it has something to say.

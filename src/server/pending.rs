@@ -165,11 +165,21 @@ impl Pending {
         }
     }
     /// After an ErrorResponse to an extended-protocol request: drop the units the server will
-    /// skip (everything before the next block end), returning the statements they created.
-    /// Returns the kind of that block end, if any.
-    pub fn skip_to_block_end(&mut self, mut undo: impl FnMut(&Unit)) -> Option<Kind> {
+    /// skip, handing each to `undo` (statements they created). PostgreSQL skips every message
+    /// up to the next Sync, a simple Query or FunctionCall included (they get no answer at
+    /// all); with `sync_only` false the skip stops at those too (the proxy sends a Sync in
+    /// front of them itself). Returns the kind of the unit it stopped at, if any.
+    pub fn skip_to_block_end(
+        &mut self,
+        sync_only: bool,
+        mut undo: impl FnMut(&Unit),
+    ) -> Option<Kind> {
         while let Some(u) = self.q.front() {
-            if u.kind.ends_block() && !matches!(u.action, Action::Synthesize(_)) {
+            let stops = match sync_only {
+                true => u.kind == Kind::Sync,
+                false => u.kind.ends_block(),
+            };
+            if stops && !matches!(u.action, Action::Synthesize(_)) {
                 return Some(u.kind);
             }
             if let Some(u) = self.q.pop_front() {
@@ -234,11 +244,23 @@ mod tests {
         p.pop();
         let mut undone = vec![];
         assert_eq!(
-            p.skip_to_block_end(|u| undone.extend(u.stmt)),
+            p.skip_to_block_end(true, |u| undone.extend(u.stmt)),
             Some(Kind::Sync)
         );
         assert_eq!(undone, vec![9]);
         assert_eq!(p.len(), 1);
+        // A Query or FunctionCall after the failed request is skipped by the server too.
+        let mut p = Pending::default();
+        p.push(Kind::Execute, Action::Forward);
+        p.push(Kind::FunctionCall, Action::Forward);
+        p.push(Kind::Query, Action::Forward);
+        p.push(Kind::Sync, Action::Forward);
+        p.pop();
+        assert_eq!(p.skip_to_block_end(true, |_| {}), Some(Kind::Sync));
+        assert_eq!(p.len(), 1);
+        let mut p = Pending::default();
+        p.push(Kind::Query, Action::Forward);
+        assert_eq!(p.skip_to_block_end(false, |_| {}), Some(Kind::Query));
         let mut p = Pending::default();
         p.push(Kind::Close, Action::Synthesize(Bytes::from_static(b"3")));
         let mut out = vec![];
