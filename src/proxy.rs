@@ -26,6 +26,8 @@ pub struct ClientInfo {
     pub connected_at: SystemTime,
     /// 0 idle, 1 active (holds a server), 2 waiting for a server.
     pub state: std::sync::atomic::AtomicU8,
+    /// While waiting in a pool's queue: when the wait began (µs since the Unix epoch); else 0.
+    pub wait_since_us: AtomicU64,
     pub tls: bool,
     pub application_name: String,
 }

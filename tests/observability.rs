@@ -203,6 +203,29 @@ fn columns(h: &Harness, sql: &str) -> String {
         .to_string()
 }
 
+/// SHOW POOLS of database `app`: (cl_waiting, maxwait in µs).
+fn pool_waits(h: &Harness) -> (u64, u64) {
+    let cols: Vec<String> = columns(h, "SHOW POOLS")
+        .split('|')
+        .map(String::from)
+        .collect();
+    let (ok, out, err) = admin(h, "SHOW POOLS");
+    assert!(ok, "{err}");
+    let row: Vec<&str> = out
+        .lines()
+        .map(|l| l.split('|').collect::<Vec<_>>())
+        .find(|r| r.first() == Some(&"app"))
+        .unwrap_or_else(|| panic!("no pool app: {out}"));
+    let get = |name: &str| -> u64 {
+        let i = cols.iter().position(|c| c == name).unwrap();
+        row[i].parse().unwrap()
+    };
+    (
+        get("cl_waiting"),
+        get("maxwait") * 1_000_000 + get("maxwait_us"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_console_commands() {
     let _serial = SERIAL.lock().await;
@@ -288,6 +311,10 @@ async fn admin_console_commands() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "PAUSE did not hold the transaction");
+    // as in PgBouncer, maxwait is how long the oldest client still waiting has waited
+    let (cl_waiting, maxwait_us) = tokio::task::block_in_place(|| pool_waits(&h));
+    assert_eq!(cl_waiting, 1);
+    assert!(maxwait_us >= 400_000, "maxwait {maxwait_us} µs");
     let (ok, _, err) = tokio::task::block_in_place(|| admin(&h, "RESUME app"));
     assert!(ok, "{err}");
     let (r, _c) = tokio::time::timeout(Duration::from_secs(5), waiting)
@@ -295,6 +322,8 @@ async fn admin_console_commands() {
         .unwrap()
         .unwrap();
     assert_eq!(r.unwrap(), "resumed");
+    let (cl_waiting, maxwait_us) = tokio::task::block_in_place(|| pool_waits(&h));
+    assert_eq!((cl_waiting, maxwait_us), (0, 0), "nobody waits any more");
     // non-admin users are refused
     let (ok, _, err) =
         tokio::task::block_in_place(|| h.psql("app_user", "pgward", &["-c", "SHOW POOLS"]));

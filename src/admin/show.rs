@@ -43,14 +43,20 @@ pub fn table(shared: &Shared, what: &str) -> Option<Table> {
     })
 }
 
-fn clients_by_state(shared: &Shared, db: &str) -> [usize; 3] {
-    let mut n = [0; 3];
+/// Clients of a database by state (idle, active, waiting), and the longest current wait (µs).
+fn clients_by_state(shared: &Shared, db: &str) -> ([usize; 3], u64) {
+    let (mut n, mut maxwait) = ([0; 3], 0);
+    let now = crate::pool::now_us();
     for c in shared.clients.iter() {
         if c.database == db {
             n[(c.state.load(Ordering::Relaxed) as usize).min(2)] += 1;
+            match c.wait_since_us.load(Ordering::Relaxed) {
+                0 => {}
+                since => maxwait = maxwait.max(now.saturating_sub(since)),
+            }
         }
     }
-    n
+    (n, maxwait)
 }
 
 fn pools(shared: &Shared) -> Table {
@@ -74,8 +80,7 @@ fn pools(shared: &Shared) -> Table {
     ]);
     for p in shared.pools.iter() {
         let st = &p.stats;
-        let [idle, active, waiting] = clients_by_state(shared, p.name());
-        let maxwait = st.max_wait_us.load(Ordering::Relaxed);
+        let ([idle, active, waiting], maxwait) = clients_by_state(shared, p.name());
         t.row(vec![
             s(p.name()),
             s(&p.db.upstream.user),

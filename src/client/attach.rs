@@ -21,10 +21,10 @@ impl Session {
         }
         self.info.state.store(2, Ordering::Relaxed);
         // Boxed so that waiting for a server does not enlarge every idle client's task.
-        let (pool, cancel) = (&self.pool, &self.cancel);
+        let (pool, cancel, since) = (&self.pool, &self.cancel, &self.info.wait_since_us);
         let r = Box::pin(async move {
             tokio::select! {
-                r = pool.checkout() => Some(r),
+                r = pool.checkout(Some(since)) => Some(r),
                 _ = cancel.cancelled_while_waiting() => None,
             }
         })

@@ -363,6 +363,7 @@ async fn handshake(
         addr: addr.to_string(),
         connected_at: SystemTime::now(),
         state: AtomicU8::new(0),
+        wait_since_us: Default::default(),
         tls: stream.is_tls(),
         application_name: msg.get("application_name").unwrap_or("").to_string(),
     });

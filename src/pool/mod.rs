@@ -109,8 +109,12 @@ impl Pool {
     }
 
     /// Wait (FIFO, bounded by `checkout_timeout`) for a connection: an idle one that is still
-    /// alive, or a new one.
-    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
+    /// alive, or a new one. While it waits in the queue, `since` (if given) holds when the
+    /// wait began (µs since the Unix epoch), else 0: `maxwait` of SHOW POOLS.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        since: Option<&AtomicU64>,
+    ) -> Result<Checkout, CheckoutError> {
         // Fast path: a permit is free (none are, while anybody waits: released permits go to
         // waiters first, so this never overtakes the queue) and nothing is paused.
         let fast = match self.paused.load(Ordering::Acquire) {
@@ -119,7 +123,10 @@ impl Pool {
         };
         let (permit, waited) = match fast {
             Some(p) => (p, Duration::ZERO),
-            None => self.wait_permit().await?,
+            None => {
+                let _waiting = since.map(Waiting::start);
+                self.wait_permit().await?
+            }
         };
         self.record_wait(waited);
         self.wait_histogram.record(waited.as_secs_f64());
@@ -175,7 +182,6 @@ impl Pool {
         let us = waited.as_micros() as u64;
         if us > 0 {
             self.stats.wait_us_total.fetch_add(us, Ordering::Relaxed);
-            self.stats.max_wait_us.fetch_max(us, Ordering::Relaxed);
         }
     }
 
@@ -242,7 +248,7 @@ impl Pool {
         {
             return Ok(b);
         }
-        let co = self.checkout().await?;
+        let co = self.checkout(None).await?;
         co.checkin();
         Ok(self
             .baseline
@@ -350,6 +356,31 @@ impl Drop for Checkout {
             self.pool.stats.closed_total.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A client's place in a pool's queue, for `maxwait`: the start time is cleared however the
+/// wait ends (a connection, an error, or the waiting future dropped by a cancel).
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn start(since: &'a AtomicU64) -> Self {
+        since.store(now_us().max(1), Ordering::Relaxed);
+        Waiting(since)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
 }
 
 /// Milliseconds since the Unix epoch.

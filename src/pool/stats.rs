@@ -60,8 +60,6 @@ pub struct PoolStats {
     pub closed_total: Counter,
     pub checkouts_total: Counter,
     pub wait_us_total: Counter,
-    /// Written only when a checkout had to wait (the slow path).
-    pub max_wait_us: AtomicU64,
     pub xact_count: Counter,
     pub query_count: Counter,
     pub bytes_received: Counter,
