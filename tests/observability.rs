@@ -203,29 +203,6 @@ fn columns(h: &Harness, sql: &str) -> String {
         .to_string()
 }
 
-/// SHOW POOLS of database `app`: (cl_waiting, maxwait in µs).
-fn pool_waits(h: &Harness) -> (u64, u64) {
-    let cols: Vec<String> = columns(h, "SHOW POOLS")
-        .split('|')
-        .map(String::from)
-        .collect();
-    let (ok, out, err) = admin(h, "SHOW POOLS");
-    assert!(ok, "{err}");
-    let row: Vec<&str> = out
-        .lines()
-        .map(|l| l.split('|').collect::<Vec<_>>())
-        .find(|r| r.first() == Some(&"app"))
-        .unwrap_or_else(|| panic!("no pool app: {out}"));
-    let get = |name: &str| -> u64 {
-        let i = cols.iter().position(|c| c == name).unwrap();
-        row[i].parse().unwrap()
-    };
-    (
-        get("cl_waiting"),
-        get("maxwait") * 1_000_000 + get("maxwait_us"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_console_commands() {
     let _serial = SERIAL.lock().await;

@@ -60,6 +60,9 @@ async fn cancel_while_waiting_for_a_server() {
         "took {:?}",
         start.elapsed()
     );
+    // the cancelled client left the queue: SHOW POOLS counts no waiting client, no wait
+    let waits = tokio::task::block_in_place(|| pool_waits(&h));
+    assert_eq!(waits, (0, 0), "(cl_waiting, maxwait µs) after the cancel");
     x.batch_execute("COMMIT").await.unwrap();
     assert_eq!(scalar(&y, "SELECT 'next one runs'").await, "next one runs");
 }

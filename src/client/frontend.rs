@@ -363,12 +363,7 @@ impl Session {
         }
         self.unsynced = true;
         self.stmt_started.get_or_insert_with(Instant::now);
-        if stmt.is_empty() && !self.unnamed_here && self.mode == PoolMode::Transaction {
-            // T2: the server connection's unnamed statement, if any, is another client's.
-            self.fail_extended(PgError::error(
-                "26000",
-                "unnamed prepared statement does not exist",
-            ));
+        if self.refuse_foreign_unnamed(stmt) {
             return Ok(Step::Next);
         }
         // Executing a statement again has its session effects again (noted at Parse for the
@@ -416,16 +411,7 @@ impl Session {
             return Ok(step);
         }
         self.unsynced = true;
-        if self.mode == PoolMode::Transaction
-            && kind == b'S'
-            && name.is_empty()
-            && !self.unnamed_here
-        {
-            // T2: as in on_bind, the unnamed statement here would be another client's.
-            self.fail_extended(PgError::error(
-                "26000",
-                "unnamed prepared statement does not exist",
-            ));
+        if kind == b'S' && self.refuse_foreign_unnamed(name) {
             return Ok(Step::Next);
         }
         if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
@@ -553,6 +539,20 @@ impl Session {
     }
 
     /// Answer the current extended-protocol message with an error and skip to Sync.
+    /// T2: a Bind or Describe of the unnamed statement with no Parse of it in this checkout
+    /// would use the one another client left on the server connection. Answered as
+    /// PostgreSQL answers when there is none (26000); returns whether it was.
+    fn refuse_foreign_unnamed(&mut self, name: &[u8]) -> bool {
+        if !name.is_empty() || self.unnamed_here || self.mode != PoolMode::Transaction {
+            return false;
+        }
+        self.fail_extended(PgError::error(
+            "26000",
+            "unnamed prepared statement does not exist",
+        ));
+        true
+    }
+
     pub(super) fn fail_extended(&mut self, err: PgError) {
         crate::metrics::error(err.code.as_bytes());
         self.emit_local(|out| err.encode(out));

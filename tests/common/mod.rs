@@ -360,3 +360,31 @@ pub fn load_seconds() -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20)
 }
+
+/// SHOW POOLS of database `app` through the admin console: (cl_waiting, maxwait in µs).
+pub fn pool_waits(h: &Harness) -> (u64, u64) {
+    let out = Command::new(h.pg.bin_dir().join("psql"))
+        .arg(h.url("admin", "pgward"))
+        .args(["-X", "-A", "-c", "SHOW POOLS"])
+        .output()
+        .expect("run psql");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = text.lines().map(|l| l.split('|').collect::<Vec<_>>());
+    let cols = lines.next().unwrap_or_default();
+    let row = lines
+        .find(|r| r.first() == Some(&"app"))
+        .unwrap_or_else(|| panic!("no pool app: {text}"));
+    let get = |name: &str| -> u64 {
+        let i = cols.iter().position(|c| *c == name).unwrap();
+        row[i].parse().unwrap()
+    };
+    (
+        get("cl_waiting"),
+        get("maxwait") * 1_000_000 + get("maxwait_us"),
+    )
+}
