@@ -1,12 +1,15 @@
 //! Real drivers through pgward in transaction mode: asyncpg and psycopg 3 (Python scripts
-//! in tests/drivers/, run with `python3`), tokio-postgres prepared statements over a small
+//! in tests/drivers/, run with `python3`), pgjdbc (tests/drivers/JdbcCheck.java, run with
+//! `java`'s source launcher), tokio-postgres prepared statements over a small
 //! pool (Close, re-prepare, failed Parse, schema changes, tenants whose same-named tables
 //! differ), and a raw-protocol client for what drivers pipeline (asyncpg's COPY data sent
 //! behind the COPY Query without waiting for CopyInResponse).
 //!
 //! The Python tests need `python3 -m pip install asyncpg "psycopg[binary]"` (.ci/run does
-//! this). Without them the tests print "SKIPPED: …" and pass, except when the `CI`
-//! environment variable is set: then they fail and say what to install.
+//! this), the JDBC test a JRE and pgjdbc (`apt-get install default-jre-headless
+//! libpostgresql-jdbc-java`, also in .ci/run). Without them the tests print "SKIPPED: …" and
+//! pass, except when the `CI` environment variable is set: then they fail and say what to
+//! install.
 
 mod common;
 
@@ -76,6 +79,41 @@ fn require_python_module(module: &str) -> bool {
     }
 }
 
+/// pgjdbc's jar: `PGJDBC_JAR`, else Debian's `libpostgresql-jdbc-java`.
+fn pgjdbc_jar() -> PathBuf {
+    std::env::var_os("PGJDBC_JAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/java/postgresql.jar"))
+}
+
+/// True if `java` (11 or later, for the source launcher) and pgjdbc are there; else as
+/// [`require_python_module`]: SKIPPED, or a panic in CI.
+fn require_java() -> bool {
+    let java = std::process::Command::new("java").arg("-version").output();
+    let reason = match java {
+        Err(e) => format!("java could not be run ({e})"),
+        Ok(_) if !pgjdbc_jar().is_file() => {
+            format!("no pgjdbc jar at {}", pgjdbc_jar().display())
+        }
+        Ok(out) => {
+            let v = String::from_utf8_lossy(&out.stderr);
+            eprintln!(
+                "using {} / {}",
+                v.lines().next().unwrap_or("java"),
+                pgjdbc_jar().display()
+            );
+            return true;
+        }
+    };
+    let install =
+        "apt-get install default-jre-headless libpostgresql-jdbc-java (or set PGJDBC_JAR)";
+    if in_ci() {
+        panic!("{reason}. The JDBC test needs it in CI: {install}");
+    }
+    eprintln!("SKIPPED: {reason}; {install} to run this test");
+    false
+}
+
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
@@ -90,7 +128,15 @@ async fn run_script(h: &Harness, name: &str, args: &[&str]) {
     use tokio::io::AsyncReadExt;
     let path = script(name);
     let started = Instant::now();
-    let mut child = tokio::process::Command::new("python3")
+    let mut cmd = if name.ends_with(".java") {
+        // the JDK's source launcher: compiled in memory, no build step
+        let mut c = tokio::process::Command::new("java");
+        c.arg("-cp").arg(pgjdbc_jar());
+        c
+    } else {
+        tokio::process::Command::new("python3")
+    };
+    let mut child = cmd
         .arg(&path)
         .arg(h.url("app_user", "app"))
         .arg(h.url("app_user", "acme"))
@@ -102,7 +148,7 @@ async fn run_script(h: &Harness, name: &str, args: &[&str]) {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("run python3 {}: {e}", path.display()));
+        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
     let mut out_pipe = child.stdout.take().unwrap();
     let mut err_pipe = child.stderr.take().unwrap();
     let out_reader = tokio::spawn(async move {
@@ -192,6 +238,19 @@ async fn asyncpg_prepared_statements_and_tenants() {
     run_script(&h, "asyncpg_check.py", &["core", "features"]).await;
     // the pool stayed within its size
     assert!(h.upstream_connections().await <= 5);
+}
+
+/// pgjdbc (the Java driver): named server-side statements, batches, transactions, cursor
+/// fetches, metadata, tenants and the guard, an invalid startup option refused at login, and
+/// concurrent tenant and plain connections over a pool of 4 (tests/drivers/JdbcCheck.java).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_prepared_statements_and_tenants() {
+    if !require_java() {
+        return;
+    }
+    let h = Harness::start(driver_opts(4)).await;
+    run_script(&h, "JdbcCheck.java", &[]).await;
+    assert!(h.upstream_connections().await <= 4);
 }
 
 /// asyncpg's COPY: CopyData and CopyDone are written right behind the COPY Query, before

@@ -339,8 +339,9 @@ async fn prepared_statements_executed_later_leave_no_session_state() {
 }
 
 /// Startup parameters (`options=-c …`) are applied as PostgreSQL applies them (a list stays a
-/// list); an invalid one fails that client as PostgreSQL's FATAL would and leaves nothing on
-/// the pool; and a tenant may not set its context's settings through them (T3).
+/// list); an invalid one refuses the login as PostgreSQL's FATAL would (or, when no server
+/// connection is free at login, fails the client's first statement) and leaves nothing on the
+/// pool; and a tenant may not set its context's settings through them (T3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_parameters_are_applied_checked_and_guarded() {
     let h = Harness::start(tenant_opts(1)).await;
@@ -348,6 +349,21 @@ async fn startup_parameters_are_applied_checked_and_guarded() {
         let enc = opts.replace(' ', "%20").replace('=', "%3D");
         format!("{}&options={enc}", h.url("app_user", db))
     };
+    // Checked at login, as PostgreSQL refuses them: a bad value, an unknown name.
+    for (opts, code, names) in [
+        ("-c statement_timeout=bogus", "22023", "statement_timeout"),
+        ("-c no_such_setting=1", "42704", "no_such_setting"),
+        ("-c work_mem=1MB -c lock_timeout=x", "22023", "lock_timeout"),
+    ] {
+        let e = connect(&with("app", opts))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{opts} accepted at login"));
+        assert_eq!(sqlstate(&e), code, "{opts}: {e}");
+        let db = e.as_db_error().expect("a server error");
+        assert_eq!(db.severity(), "FATAL", "{opts}");
+        assert!(db.message().contains(names), "{opts}: {e}");
+    }
     let c = connect(&with("app", "-c search_path=acme,public"))
         .await
         .unwrap();
@@ -360,15 +376,19 @@ async fn startup_parameters_are_applied_checked_and_guarded() {
         "acme-one,acme-two"
     );
     drop(c);
-    // A leaves its settings on the only server connection; B's invalid value fails B
+    // A leaves its settings on the only server connection; B's invalid value fails B. B logs
+    // in while a holder has the only connection, so its login is not checked (a login never
+    // waits for the pool): the value fails B's first statement instead.
     let a = connect(&with("app", "-c work_mem=1234kB -c app.custom=a"))
         .await
         .unwrap();
     assert_eq!(scalar(&a, "SHOW work_mem").await, "1234kB");
-    drop(a);
-    let b = connect(&with("app", "-c statement_timeout=bogus"))
+    a.batch_execute("BEGIN").await.unwrap();
+    let b = connect(&with("app", "-c statement_timeout=bogus2"))
         .await
-        .unwrap();
+        .expect("not checked at login while the pool is busy");
+    a.batch_execute("COMMIT").await.unwrap();
+    drop(a);
     let e = b.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&e), "22023", "{e}");
     assert!(b.simple_query("SELECT 1").await.is_err(), "B is closed");

@@ -15,6 +15,7 @@ mod prepared;
 mod relay;
 mod release;
 pub mod session;
+mod startup_check;
 pub mod statements;
 
 use std::net::SocketAddr;
@@ -341,6 +342,10 @@ async fn handshake(
         }
     };
     let params = ClientParams::new(&baseline, &resolved.params);
+    if let Err(e) = startup_check::check(&pool, &params).await {
+        send_error(&mut stream, e).await;
+        return None;
+    }
     // Like PostgreSQL, report only the parameters the server reports (GUC_REPORT ones: the
     // baseline's names), with the client's values where it set them.
     for (lname, name, value) in params.values.iter() {

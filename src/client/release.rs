@@ -11,9 +11,7 @@ use bytes::BytesMut;
 
 use super::session::{End, Session};
 use crate::config::{PoolMode, SessionStatePolicy};
-use crate::net::read_message;
 use crate::pool::Checkout;
-use crate::protocol::frontend::put_query;
 use crate::server::{Dirty, ServerConn};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -242,23 +240,5 @@ async fn reset_and_checkin(mut co: Checkout, sql: String) {
 }
 
 async fn run_reset(conn: &mut ServerConn, sql: &[u8]) -> bool {
-    let mut out = BytesMut::new();
-    put_query(&mut out, sql);
-    if crate::net::write_all(&mut conn.stream, &out).await.is_err() {
-        return false;
-    }
-    let mut failed = false;
-    loop {
-        match read_message(&mut conn.stream, &mut conn.rbuf, 1 << 20).await {
-            Ok((b'Z', body)) => return !failed && body.first() == Some(&b'I'),
-            Ok((b'E', _)) => failed = true,
-            Ok((b'S', body)) => {
-                if let Some((k, v)) = crate::protocol::backend::parse_parameter_status(&body) {
-                    conn.params.observe(k, v);
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
+    matches!(crate::server::query::run(conn, sql).await, Ok(None))
 }

@@ -13,6 +13,7 @@
 pub mod maintain;
 pub mod stats;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,6 +59,9 @@ pub struct Pool {
     /// Unix time (ms) of the last failed connect.
     pub last_error_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Startup parameter values (`name\0value`) this pool's server accepted: checked at a
+    /// client's login once, not again ([`crate::client`]'s startup check). Bounded.
+    pub accepted_params: Mutex<HashSet<Box<str>>>,
     paused: AtomicBool,
     resumed: Notify,
     closed: AtomicBool,
@@ -89,6 +93,7 @@ impl Pool {
             last_ok_ms: AtomicU64::new(0),
             last_error_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            accepted_params: Mutex::new(HashSet::new()),
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             closed: AtomicBool::new(false),
@@ -128,6 +133,25 @@ impl Pool {
                 self.wait_permit().await?
             }
         };
+        self.with_permit(permit, waited).await
+    }
+
+    /// A connection only if one can be had without queueing (a permit is free and the pool
+    /// is not paused), else `None`: for best-effort work that must not make a client wait.
+    pub async fn checkout_now(self: &Arc<Self>) -> Option<Result<Checkout, CheckoutError>> {
+        if self.paused.load(Ordering::Acquire) {
+            return None;
+        }
+        let permit = self.sem.clone().try_acquire_owned().ok()?;
+        Some(self.with_permit(permit, Duration::ZERO).await)
+    }
+
+    /// The rest of a checkout once a permit is held: an idle connection, or a new one.
+    async fn with_permit(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        waited: Duration,
+    ) -> Result<Checkout, CheckoutError> {
         self.record_wait(waited);
         self.wait_histogram.record(waited.as_secs_f64());
         let mut now = Instant::now();

@@ -6,6 +6,7 @@ pub mod connect;
 pub mod params;
 pub mod pending;
 pub mod prepared;
+pub mod query;
 
 use std::time::Instant;
 

@@ -93,6 +93,12 @@ impl Layered {
                     .filter(move |(l, _, _)| self.base.get(l).is_none()),
             )
     }
+    /// Values that differ from the base: (lower-case name, display name, value).
+    pub fn overrides(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.over
+            .iter()
+            .filter(|(l, _, v)| self.base.get(l) != Some(*v))
+    }
     /// The display name of a parameter (as PostgreSQL reports it), if known.
     pub fn display(&self, lname: &str) -> Option<&str> {
         self.iter().find(|(l, _, _)| *l == lname).map(|(_, d, _)| d)
@@ -264,6 +270,26 @@ impl ServerParams {
 }
 
 /// Quote an identifier for SQL text.
+/// `SELECT pg_catalog.set_config('name', 'value', local), …` for literal (name, value) pairs.
+pub fn set_config_select<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    local: bool,
+) -> String {
+    let mut sql = String::from("SELECT ");
+    for (i, (name, value)) in pairs.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "pg_catalog.set_config({}, {}, {local})",
+            quote_literal(name),
+            quote_literal(value)
+        );
+    }
+    sql
+}
+
 pub fn quote_ident(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::{Config, Tenant};
 use crate::protocol::frontend::{put_bind_text, put_execute_unnamed, put_parse, put_query};
-use crate::server::params::{quote_ident, quote_literal};
+use crate::server::params::{quote_ident, set_config_select};
 
 pub struct TenantCtx {
     pub tenant: Arc<Tenant>,
@@ -163,20 +163,11 @@ pub fn build_one(t: Arc<Tenant>, protected: Arc<BTreeSet<String>>) -> TenantCtx 
     put_bind_text(&mut bind_execute, stmt_name.as_bytes(), &params);
     put_execute_unnamed(&mut bind_execute);
 
-    let mut session_sql = String::from("SELECT ");
-    let mut reset_sql = String::new();
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            session_sql.push_str(", ");
-        }
-        let _ = write!(
-            session_sql,
-            "pg_catalog.set_config({}, {}, false)",
-            quote_literal(k),
-            quote_literal(v)
-        );
-        let _ = write!(reset_sql, "RESET {};", quote_ident(k));
-    }
+    let session_sql = set_config_select(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), false);
+    let reset_sql: String = pairs
+        .iter()
+        .map(|(k, _)| format!("RESET {};", quote_ident(k)))
+        .collect();
     let mut session_query = BytesMut::new();
     put_query(&mut session_query, session_sql.as_bytes());
 

@@ -1,0 +1,83 @@
+//! At login, the client's startup parameters are checked against the server, so that a value
+//! PostgreSQL rejects refuses the login (FATAL with PostgreSQL's SQLSTATE and message), as a
+//! direct connection would be refused, instead of failing the client's first statement.
+//!
+//! Invariants:
+//! - Only values that differ from the pool's baseline are checked, each (name, value) once
+//!   per pool: a value the server accepted is remembered (`Pool::accepted_params`, bounded)
+//!   and later logins with it cost nothing. `application_name` is not checked: PostgreSQL
+//!   accepts any value.
+//! - The check runs `SELECT pg_catalog.set_config(name, value, true), …` as one Query: its own
+//!   implicit transaction, so nothing stays on the server connection.
+//! - It never makes a login wait for the pool: without a connection available at once (pool
+//!   busy or paused, upstream down) the check is skipped, and an invalid value still fails the
+//!   client at its first statement, where the parameters are applied (`Action::SyncParams`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::pool::Pool;
+use crate::protocol::backend::PgError;
+use crate::server::params::{set_config_select, ClientParams};
+
+/// Remembered accepted values per pool; past this the memory starts again.
+const MAX_ACCEPTED: usize = 4096;
+
+/// Longest a check may take before it is abandoned (and its connection closed).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parameters PostgreSQL accepts with any value.
+const ANY_VALUE: &[&str] = &["application_name"];
+
+/// Check `params`' startup values on `pool`'s server. `Err` is the FATAL to refuse the
+/// login with.
+pub async fn check(pool: &Arc<Pool>, params: &ClientParams) -> Result<(), PgError> {
+    let unchecked: Vec<(&str, &str, String)> = {
+        let accepted = pool
+            .accepted_params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        params
+            .values
+            .overrides()
+            .filter(|(l, _, _)| !ANY_VALUE.contains(l))
+            .map(|(l, _, v)| (l, v, format!("{l}\0{v}")))
+            .filter(|(_, _, key)| !accepted.contains(key.as_str()))
+            .collect()
+    };
+    if unchecked.is_empty() {
+        return Ok(());
+    }
+    let Some(Ok(mut co)) = pool.checkout_now().await else {
+        return Ok(());
+    };
+    let sql = set_config_select(unchecked.iter().map(|(n, v, _)| (*n, *v)), true);
+    let answer = tokio::time::timeout(
+        CHECK_TIMEOUT,
+        crate::server::query::run(co.conn(), sql.as_bytes()),
+    )
+    .await;
+    match answer {
+        Ok(Ok(None)) => {
+            co.checkin();
+            let mut accepted = pool
+                .accepted_params
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if accepted.len() + unchecked.len() > MAX_ACCEPTED {
+                accepted.clear();
+            }
+            accepted.extend(unchecked.into_iter().map(|(_, _, key)| key.into()));
+            Ok(())
+        }
+        Ok(Ok(Some(e))) => {
+            co.checkin();
+            Err(PgError {
+                severity: "FATAL",
+                ..e
+            })
+        }
+        // The connection is closed (the checkout dropped); the check is skipped.
+        Ok(Err(())) | Err(_) => Ok(()),
+    }
+}
