@@ -287,6 +287,10 @@ impl Session {
             None => {
                 self.note_effects(a.flags);
                 self.forward(frame, Kind::Query);
+                if a.statements == 1 {
+                    self.pending
+                        .set_last_guess(crate::metrics::Command::of_sql(sql));
+                }
                 if self.observe.is_some() {
                     if let Some(u) = self.pending.back_mut() {
                         u.text = Some(QueryText::Raw(bytes::Bytes::copy_from_slice(sql)));
@@ -323,6 +327,7 @@ impl Session {
         };
         if p.name.is_empty() {
             self.unnamed_effects = effects;
+            self.unnamed_cmd = crate::metrics::Command::of_sql(p.query);
             self.unnamed_here = replacement.is_none();
         }
         let (definition, action) = match &replacement {
@@ -385,6 +390,11 @@ impl Session {
         }
         self.reinject_context();
         self.portal_ends_txn = effects.contains(Flags::TXN_END);
+        self.exec_cmd = match &named {
+            Some((d, _)) => d.cmd,
+            None if stmt.is_empty() => self.unnamed_cmd,
+            None => crate::metrics::Command::Other,
+        };
         if self.observe.is_some() {
             self.exec_text = match &named {
                 Some((d, _)) => Some(QueryText::Prepared(d.clone())),
@@ -500,6 +510,10 @@ impl Session {
             text,
             uses: None,
             copy_epoch: 0,
+            guess: match kind {
+                Kind::Execute => self.exec_cmd,
+                _ => crate::metrics::Command::Other,
+            },
         });
     }
 
@@ -515,6 +529,7 @@ impl Session {
             text: None,
             uses: None,
             copy_epoch: 0,
+            guess: crate::metrics::Command::Other,
         });
     }
 

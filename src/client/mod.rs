@@ -432,6 +432,8 @@ async fn handshake(
         exec_text: None,
         unnamed_text: None,
         unnamed_effects: Default::default(),
+        unnamed_cmd: crate::metrics::Command::Other,
+        exec_cmd: crate::metrics::Command::Other,
         unnamed_here: false,
         portal_ends_txn: false,
         reinject: false,

@@ -112,6 +112,7 @@ impl Session {
             text: None,
             uses: None,
             copy_epoch: 0,
+            guess: crate::metrics::Command::Other,
         });
     }
 }

@@ -140,9 +140,10 @@ impl Session {
                 String::from_utf8_lossy(f.message).into_owned(),
             ));
         }
-        let (kind, sent, client_request) = (
+        let (kind, sent, guess, client_request) = (
             unit.kind,
             unit.sent,
+            unit.guess,
             matches!(unit.action, Action::Forward | Action::ReplaceError(_)),
         );
         let text = if self.observe.is_some() {
@@ -175,12 +176,12 @@ impl Session {
                 Kind::Query => {
                     let now = Instant::now();
                     let since = self.stmt_mark.replace(now).or(sent).unwrap_or(now);
-                    let cmd = command_of(tag, body);
+                    let cmd = command_of(tag, body, guess);
                     self.statement_done(cmd, text.as_ref(), now - since);
                 }
                 Kind::Execute => {
                     if let Some(sent) = sent {
-                        let (cmd, d) = (command_of(tag, body), sent.elapsed());
+                        let (cmd, d) = (command_of(tag, body, guess), sent.elapsed());
                         self.statement_done(cmd, text.as_ref(), d);
                     }
                 }
@@ -313,9 +314,10 @@ enum Route {
     Broken(PgError),
 }
 
-fn command_of(tag: u8, body: &[u8]) -> Command {
+/// The label: the command tag of a completed statement, else what its text said.
+fn command_of(tag: u8, body: &[u8], guess: Command) -> Command {
     match tag {
         b'C' => Command::from_tag(body.strip_suffix(b"\0").unwrap_or(body)),
-        _ => Command::Other,
+        _ => guess,
     }
 }

@@ -100,6 +100,10 @@ pub struct Session {
     pub(super) exec_text: Option<crate::querystats::QueryText>,
     /// Text of the last unnamed Parse (only kept when `observe` is set).
     pub(super) unnamed_text: Option<bytes::Bytes>,
+    /// Command of the last unnamed Parse's text, and of the statement the next Execute runs:
+    /// the label of a statement that fails (no command tag).
+    pub(super) unnamed_cmd: crate::metrics::Command,
+    pub(super) exec_cmd: crate::metrics::Command,
     /// Session effects of the last unnamed Parse, noted again at each Bind of it.
     pub(super) unnamed_effects: crate::sql::classify::Flags,
     /// The unnamed statement on the current server connection was parsed by this client

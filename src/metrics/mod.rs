@@ -91,6 +91,25 @@ impl Command {
             _ => Command::Other,
         }
     }
+    /// The command a statement's text starts with: the label of a statement that failed (no
+    /// command tag). `WITH …` and anything unknown are `Other`.
+    pub fn of_sql(sql: &[u8]) -> Command {
+        let word = crate::sql::classify::first_word(sql);
+        let mut upper = [0u8; 16];
+        if word.len() > upper.len() {
+            return Command::Other;
+        }
+        for (u, b) in upper.iter_mut().zip(word) {
+            *u = b.to_ascii_uppercase();
+        }
+        match &upper[..word.len()] {
+            b"END" => Command::Commit,
+            b"ABORT" => Command::Rollback,
+            b"VALUES" | b"TABLE" => Command::Select,
+            b"WITH" => Command::Other,
+            w => Command::from_tag(w),
+        }
+    }
     fn index(self) -> usize {
         COMMANDS
             .iter()
@@ -339,4 +358,39 @@ pub fn set_connection_gauges(
     gauge!("pgward_server_connections", "database" => db.clone(), "state" => "active")
         .set(server_active);
     gauge!("pgward_server_connections", "database" => db, "state" => "idle").set(server_idle);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Command;
+
+    #[test]
+    fn command_of_a_statement_text() {
+        for (sql, want) in [
+            ("SELECT 1/0", Command::Select),
+            ("  /* c */ -- x\n select 1", Command::Select),
+            ("((SELECT 1))", Command::Select),
+            ("VALUES (1)", Command::Select),
+            ("table t", Command::Select),
+            ("Insert into t values (1)", Command::Insert),
+            ("UPDATE t SET x = 1", Command::Update),
+            ("delete from t", Command::Delete),
+            ("COPY t FROM STDIN", Command::Copy),
+            ("start transaction", Command::Begin),
+            ("end", Command::Commit),
+            ("abort", Command::Rollback),
+            ("SET x = 1", Command::Set),
+            ("CREATE TABLE t (x int)", Command::Ddl),
+            (
+                "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+                Command::Other,
+            ),
+            ("EXPLAIN SELECT 1", Command::Other),
+            ("", Command::Other),
+            ("'literal'", Command::Other),
+            ("averyveryverylongidentifier", Command::Other),
+        ] {
+            assert_eq!(Command::of_sql(sql.as_bytes()), want, "{sql}");
+        }
+    }
 }

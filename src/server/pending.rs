@@ -81,6 +81,8 @@ pub struct Unit {
     pub uses: Option<u64>,
     /// How many CopyDone/CopyFail the client had sent when this request was sent.
     pub copy_epoch: u32,
+    /// The statement's command as its text says (Query, Execute): its label if it fails.
+    pub guess: crate::metrics::Command,
 }
 
 #[derive(Debug, Default)]
@@ -116,7 +118,14 @@ impl Pending {
             sent: None,
             text: None,
             uses: None,
+            guess: crate::metrics::Command::Other,
         });
+    }
+    /// Label the request just pushed (see [`Unit::guess`]).
+    pub fn set_last_guess(&mut self, cmd: crate::metrics::Command) {
+        if let Some(u) = self.q.back_mut() {
+            u.guess = cmd;
+        }
     }
     #[inline]
     pub fn push_unit(&mut self, mut unit: Unit) {
@@ -239,6 +248,7 @@ mod tests {
             text: None,
             uses: None,
             copy_epoch: 0,
+            guess: crate::metrics::Command::Other,
         });
         p.push(Kind::Sync, Action::Forward);
         p.pop();

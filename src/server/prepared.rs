@@ -27,6 +27,8 @@ pub struct StatementDef {
     /// before that are re-prepared on their next use (a type or table may have been dropped
     /// and created again in between).
     pub generation: AtomicU64,
+    /// What the statement is, from its text: the label if an execution fails.
+    pub cmd: crate::metrics::Command,
 }
 
 /// Process-wide interning of statement definitions.
@@ -66,6 +68,9 @@ impl Registry {
             definition: definition.into(),
             shape: std::sync::OnceLock::new(),
             generation: AtomicU64::new(0),
+            cmd: crate::metrics::Command::of_sql(
+                definition.split(|&b| b == 0).next().unwrap_or_default(),
+            ),
         });
         if self.by_def.len() >= MAX_INTERNED {
             return def;

@@ -167,6 +167,20 @@ pub struct Analysis {
     pub violation: Option<Violation>,
 }
 
+/// The first keyword of `sql` (after comments, whitespace and opening parentheses), or an
+/// empty slice: what a statement is, for labelling one that failed before a command tag.
+pub fn first_word(sql: &[u8]) -> &[u8] {
+    let mut lx = Lexer::new(sql);
+    while let Some(t) = lx.next_token() {
+        match t.kind {
+            TokenKind::Punct(b'(') => continue,
+            TokenKind::Ident => return &sql[t.start..t.end],
+            _ => break,
+        }
+    }
+    &[]
+}
+
 /// Scan `sql` (bytes as received from the client; may be any ASCII-compatible server encoding
 /// such as UTF8 or LATIN1 — never assumed to be valid UTF-8; never panics on any input).
 ///
