@@ -287,9 +287,8 @@ impl Session {
             None => {
                 self.note_effects(a.flags);
                 self.forward(frame, Kind::Query);
-                if a.statements == 1 {
-                    self.pending
-                        .set_last_guess(crate::metrics::Command::of_sql(sql));
+                if let Some(u) = self.pending.back_mut().filter(|_| a.statements == 1) {
+                    u.guess = crate::metrics::Command::of_sql(sql);
                 }
                 if self.observe.is_some() {
                     if let Some(u) = self.pending.back_mut() {

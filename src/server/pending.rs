@@ -121,12 +121,6 @@ impl Pending {
             guess: crate::metrics::Command::Other,
         });
     }
-    /// Label the request just pushed (see [`Unit::guess`]).
-    pub fn set_last_guess(&mut self, cmd: crate::metrics::Command) {
-        if let Some(u) = self.q.back_mut() {
-            u.guess = cmd;
-        }
-    }
     #[inline]
     pub fn push_unit(&mut self, mut unit: Unit) {
         unit.copy_epoch = self.copy_epoch;
