@@ -287,11 +287,11 @@ impl Session {
             None => {
                 self.note_effects(a.flags);
                 self.forward(frame, Kind::Query);
-                if let Some(u) = self.pending.back_mut().filter(|_| a.statements == 1) {
-                    u.guess = crate::metrics::Command::of_sql(sql);
-                }
-                if self.observe.is_some() {
-                    if let Some(u) = self.pending.back_mut() {
+                if let Some(u) = self.pending.back_mut() {
+                    if a.statements == 1 {
+                        u.guess = crate::metrics::Command::of_sql(sql);
+                    }
+                    if self.observe.is_some() {
                         u.text = Some(QueryText::Raw(bytes::Bytes::copy_from_slice(sql)));
                     }
                 }
@@ -552,7 +552,6 @@ impl Session {
         }
     }
 
-    /// Answer the current extended-protocol message with an error and skip to Sync.
     /// T2: a Bind or Describe of the unnamed statement with no Parse of it in this checkout
     /// would use the one another client left on the server connection. Answered as
     /// PostgreSQL answers when there is none (26000); returns whether it was.
@@ -567,6 +566,7 @@ impl Session {
         true
     }
 
+    /// Answer the current extended-protocol message with an error and skip to Sync.
     pub(super) fn fail_extended(&mut self, err: PgError) {
         crate::metrics::error(err.code.as_bytes());
         self.emit_local(|out| err.encode(out));

@@ -134,11 +134,7 @@ impl Session {
             ));
         };
         if tag == b'E' && matches!(unit.action, Action::SyncParams) {
-            let f = parse_error_fields(body);
-            return Route::Broken(PgError::fatal(
-                String::from_utf8_lossy(f.code).into_owned(),
-                String::from_utf8_lossy(f.message).into_owned(),
-            ));
+            return Route::Broken(parse_error_fields(body).to_error().into_fatal());
         }
         let (kind, sent, guess, client_request) = (
             unit.kind,

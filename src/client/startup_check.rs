@@ -72,10 +72,7 @@ pub async fn check(pool: &Arc<Pool>, params: &ClientParams) -> Result<(), PgErro
         }
         Ok(Ok(Some(e))) => {
             co.checkin();
-            Err(PgError {
-                severity: "FATAL",
-                ..e
-            })
+            Err(e.into_fatal())
         }
         // The connection is closed (the checkout dropped); the check is skipped.
         Ok(Err(())) | Err(_) => Ok(()),

@@ -44,6 +44,13 @@ impl PgError {
             ..Self::error(code, message)
         }
     }
+    /// The same error ending the session (a login refused, a connection closed).
+    pub fn into_fatal(self) -> Self {
+        PgError {
+            severity: "FATAL",
+            ..self
+        }
+    }
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
@@ -158,6 +165,16 @@ pub struct ErrorFields<'a> {
     pub message: &'a [u8],
 }
 
+impl ErrorFields<'_> {
+    /// The server's error as one the proxy relays (ERROR, PostgreSQL's SQLSTATE and message).
+    pub fn to_error(&self) -> PgError {
+        PgError::error(
+            String::from_utf8_lossy(self.code).into_owned(),
+            String::from_utf8_lossy(self.message).into_owned(),
+        )
+    }
+}
+
 /// Parse the body (after the 5-byte header) of an ErrorResponse or NoticeResponse.
 pub fn parse_error_fields(body: &[u8]) -> ErrorFields<'_> {
     let mut f = ErrorFields::default();
@@ -200,6 +217,15 @@ mod tests {
         assert_eq!(f.code, b"28P01");
         assert_eq!(f.severity, b"ERROR");
         assert!(f.message.starts_with(b"password authentication failed"));
+        let relayed = f.to_error().into_fatal();
+        assert_eq!(
+            (relayed.severity, &*relayed.code),
+            ("FATAL", "28P01"),
+            "{relayed}"
+        );
+        assert!(relayed
+            .message
+            .starts_with("password authentication failed"));
     }
 
     #[test]

@@ -170,11 +170,7 @@ pub async fn connect(up: &Upstream, id: u64) -> Result<ServerConn, ServerError> 
                 }
             }
             b'E' => {
-                let f = parse_error_fields(&body);
-                return Err(ServerError::Rejected(PgError::error(
-                    String::from_utf8_lossy(f.code).into_owned(),
-                    String::from_utf8_lossy(f.message).into_owned(),
-                )));
+                return Err(ServerError::Rejected(parse_error_fields(&body).to_error()));
             }
             b'Z' => break,
             b'N' | b'v' => {}

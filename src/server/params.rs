@@ -269,7 +269,6 @@ impl ServerParams {
     }
 }
 
-/// Quote an identifier for SQL text.
 /// `SELECT pg_catalog.set_config('name', 'value', local), …` for literal (name, value) pairs.
 pub fn set_config_select<'a>(
     pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -290,6 +289,7 @@ pub fn set_config_select<'a>(
     sql
 }
 
+/// Quote an identifier for SQL text.
 pub fn quote_ident(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');

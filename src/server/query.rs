@@ -25,11 +25,7 @@ pub async fn run(conn: &mut ServerConn, sql: &[u8]) -> Result<Option<PgError>, (
             Ok((b'Z', body)) if body.first() == Some(&b'I') => return Ok(first_error),
             Ok((b'Z', _)) | Err(_) => return Err(()),
             Ok((b'E', body)) if first_error.is_none() => {
-                let f = parse_error_fields(&body);
-                first_error = Some(PgError::error(
-                    String::from_utf8_lossy(f.code).into_owned(),
-                    String::from_utf8_lossy(f.message).into_owned(),
-                ));
+                first_error = Some(parse_error_fields(&body).to_error());
             }
             Ok((b'S', body)) => {
                 if let Some((k, v)) = parse_parameter_status(&body) {
