@@ -145,8 +145,8 @@ fn bench_tenant_ctx(c: &mut Criterion) {
     let cfg = config();
     let tenant = cfg.tenants.get("t1").expect("tenant t1").clone();
     let protected: Arc<BTreeSet<String>> = Arc::new(tenant.settings.keys().cloned().collect());
-    let ctx = build_one(tenant, protected);
-    assert!(!ctx.bind_execute.is_empty());
+    let ctx = build_one(tenant, protected, false);
+    assert!(!ctx.local.unnamed.is_empty());
     let mut g = c.benchmark_group("tenant_ctx");
     g.throughput(Throughput::Elements(1));
     g.bench_function("append_bind_execute", |b| {
@@ -154,7 +154,7 @@ fn bench_tenant_ctx(c: &mut Criterion) {
         let mut out = BytesMut::with_capacity(8 * 1024);
         b.iter(|| {
             out.clear();
-            out.extend_from_slice(black_box(&ctx.bind_execute));
+            out.extend_from_slice(black_box(&ctx.local.unnamed));
             black_box(out.len())
         })
     });
@@ -163,8 +163,8 @@ fn bench_tenant_ctx(c: &mut Criterion) {
         let mut out = BytesMut::with_capacity(8 * 1024);
         b.iter(|| {
             out.clear();
-            out.extend_from_slice(black_box(&ctx.parse));
-            out.extend_from_slice(black_box(&ctx.bind_execute));
+            out.extend_from_slice(black_box(&ctx.local.parse));
+            out.extend_from_slice(black_box(&ctx.local.unnamed));
             black_box(out.len())
         })
     });

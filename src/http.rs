@@ -62,10 +62,16 @@ fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 text(StatusCode::OK, "ok\n".into())
             }
         }
-        "/ready" => match readiness(shared) {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
-            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason + "\n"),
-        },
+        "/ready" => {
+            let warnings = posture_warnings(shared);
+            match readiness(shared) {
+                Ok(()) => text(StatusCode::OK, format!("ready\n{warnings}")),
+                Err(reason) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{reason}\n{warnings}"),
+                ),
+            }
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /metrics, /health, /ready\n".into(),
@@ -102,6 +108,21 @@ pub fn readiness(shared: &Shared) -> Result<(), String> {
     } else {
         Err(bad.join("; "))
     }
+}
+
+/// T5 findings, one line each ("warning: database app: role pgward: is a superuser …").
+fn posture_warnings(shared: &Shared) -> String {
+    use crate::tenancy::posture::Posture;
+    let cfg = shared.config();
+    cfg.databases
+        .iter()
+        .filter_map(|d| match shared.postures.get(&d.name)? {
+            p @ Posture::Unsafe { .. } => {
+                Some(format!("warning: database {}: {}\n", d.name, p.summary()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Connection gauges are computed when scraped rather than on every state change.

@@ -51,6 +51,10 @@ pub struct Shared {
     pub loaded_tenants: ArcSwap<Vec<Arc<crate::config::Tenant>>>,
     /// Wakes the tenant refresher (RELOAD).
     pub tenant_refresh: Notify,
+    /// T5: what context-less statements would run as, per database.
+    pub postures: crate::tenancy::posture::Postures,
+    /// Wakes the posture check (reload, new tenants).
+    pub posture_recheck: Notify,
     /// Recent authentication failures per source address: (count, last failure).
     auth_failures: DashMap<std::net::IpAddr, (u32, Instant)>,
     /// auth_query results: user → (fetched at, credentials or none).
@@ -71,6 +75,8 @@ impl Shared {
             auth_failures: DashMap::new(),
             auth_cache: DashMap::new(),
             tenant_refresh: Notify::new(),
+            postures: Default::default(),
+            posture_recheck: Notify::new(),
             config: ArcSwap::from_pointee(config),
             pools: DashMap::new(),
             cancels: CancelRegistry::default(),
@@ -182,6 +188,7 @@ impl Shared {
         )));
         self.config.store(Arc::new(new));
         self.tenant_refresh.notify_waiters();
+        self.posture_recheck.notify_one();
         self.sync_pools();
         Ok(())
     }

@@ -86,6 +86,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         tasks.push(tokio::spawn(crate::http::serve(l, shared.clone())));
     }
     tasks.extend(crate::tenancy::source::spawn(shared.clone()));
+    tasks.push(crate::tenancy::posture::spawn(shared.clone()));
     let s = shared.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));

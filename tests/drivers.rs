@@ -229,6 +229,40 @@ async fn hang_report(h: &Harness) -> String {
     report
 }
 
+/// A plain client and a client of tenant acme running short transactions in a loop, so the
+/// checked client's transactions land on server connections someone else just used.
+struct OtherClients {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl OtherClients {
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("background client");
+        }
+    }
+}
+
+fn other_clients(h: &Harness) -> OtherClients {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = [h.url("app_user", "app"), h.url("app_user", "acme")]
+        .into_iter()
+        .map(|url| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c = connect(&url).await.expect("background client");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    c.simple_query("SELECT 1").await.expect("background query");
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            })
+        })
+        .collect();
+    OtherClients { stop, tasks }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_prepared_statements_and_tenants() {
     if !require_python_module("asyncpg") {
@@ -243,6 +277,19 @@ async fn asyncpg_prepared_statements_and_tenants() {
 /// pgjdbc (the Java driver): named server-side statements, batches, transactions, cursor
 /// fetches, metadata, tenants and the guard, an invalid startup option refused at login, and
 /// concurrent tenant and plain connections over a pool of 4 (tests/drivers/JdbcCheck.java).
+/// pgjdbc's CopyManager (copyIn, copyOut) and a batch as a tenant with its own role, each
+/// followed by the tenant context checks, over two server connections shared with others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_copy_and_batch_keep_the_tenant_context() {
+    if !require_java() {
+        return;
+    }
+    let h = Harness::start(driver_opts(2)).await;
+    let noise = other_clients(&h);
+    run_script(&h, "JdbcCheck.java", &["bulk-context"]).await;
+    noise.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jdbc_prepared_statements_and_tenants() {
     if !require_java() {
@@ -262,6 +309,21 @@ async fn asyncpg_copy_in_and_out() {
     }
     let h = Harness::start(driver_opts(5)).await;
     run_script(&h, "asyncpg_check.py", &["copy"]).await;
+}
+
+/// Issue: after asyncpg's COPY (a prepared introspection query with Parse/Describe/Flush,
+/// then a simple-protocol COPY) the next statement ran without the tenant context, as the
+/// pooler's login role. Every bulk and streaming path of asyncpg, then the context and the
+/// other tenant's table, over two server connections shared with other clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_bulk_paths_keep_the_tenant_context() {
+    if !require_python_module("asyncpg") {
+        return;
+    }
+    let h = Harness::start(driver_opts(2)).await;
+    let noise = other_clients(&h);
+    run_script(&h, "asyncpg_check.py", &["bulk-context"]).await;
+    noise.stop().await;
 }
 
 /// asyncpg's answer to "cached plan must not change result type" (after ALTER TABLE):
@@ -294,6 +356,21 @@ async fn psycopg_prepared_copy_errors_and_tenants() {
     let h = Harness::start(driver_opts(5)).await;
     run_script(&h, "psycopg_check.py", &[]).await;
     assert!(h.upstream_connections().await <= 5);
+}
+
+/// psycopg's COPY (text and binary, in and out, inside and outside a transaction), pipeline
+/// mode (the issue's pipeline whose first statement fails used to hang when other clients
+/// shared the server connections) and server-side cursors, each followed by the tenant
+/// context checks, over two server connections shared with other clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_bulk_paths_keep_the_tenant_context() {
+    if !require_python_module("psycopg") {
+        return;
+    }
+    let h = Harness::start(driver_opts(2)).await;
+    let noise = other_clients(&h);
+    run_script(&h, "psycopg_check.py", &["bulk-context"]).await;
+    noise.stop().await;
 }
 
 // ---- tokio-postgres: prepared statements over a small pool ---------------------------------
@@ -542,6 +619,86 @@ async fn tokio_postgres_prepared_statements_over_a_small_pool() {
     // the pool is still healthy
     let c = h.connect("app_user", "app").await;
     assert_eq!(scalar(&c, "SELECT 41 + 1").await, "42");
+}
+
+/// tokio-postgres' binary COPY in and out (extended protocol: a named statement, Bind,
+/// Execute, the data, Sync), each followed by the tenant context checks, over two server
+/// connections shared with other clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_binary_copy_keeps_the_tenant_context() {
+    use futures_util::{pin_mut, SinkExt, TryStreamExt};
+    use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
+    let h = Harness::start(driver_opts(2)).await;
+    let noise = other_clients(&h);
+    let c = h.connect("app_user", "globex").await;
+    let holds = |after: &'static str| {
+        let c = &c;
+        async move {
+            let row = c
+                .query_one(
+                    "SELECT current_setting('search_path'), current_user::text, current_setting('app.tenant_id', true)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let got: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+            assert_eq!(
+                got,
+                (
+                    "globex, public".into(),
+                    "tenant_globex".into(),
+                    "globex".into()
+                ),
+                "after {after}"
+            );
+            let e = c
+                .simple_query("SELECT count(*) FROM acme.items")
+                .await
+                .expect_err("tenant globex read tenant acme's table");
+            assert_eq!(sqlstate(&e), "42501", "after {after}: {e}");
+        }
+    };
+    for round in 0..5 {
+        let sink = c
+            .copy_in("COPY items (id, name) FROM STDIN (FORMAT binary)")
+            .await
+            .unwrap();
+        let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::TEXT]);
+        pin_mut!(writer);
+        for i in 0..30i32 {
+            writer.as_mut().write(&[&(1000 + i), &"bin"]).await.unwrap();
+        }
+        assert_eq!(writer.finish().await.unwrap(), 30, "round {round}");
+        holds("binary COPY FROM STDIN").await;
+        let stream = c
+            .copy_out("COPY (SELECT id, current_user::text FROM items WHERE id >= 1000) TO STDOUT (FORMAT binary)")
+            .await
+            .unwrap();
+        let rows = BinaryCopyOutStream::new(stream, &[Type::INT4, Type::TEXT]);
+        pin_mut!(rows);
+        let mut n = 0;
+        while let Some(r) = rows.try_next().await.unwrap() {
+            assert_eq!(r.get::<&str>(1), "tenant_globex");
+            n += 1;
+        }
+        assert_eq!(n, 30);
+        holds("binary COPY TO STDOUT").await;
+        // an aborted COPY: the sink dropped without finish sends CopyFail
+        let mut sink = Box::pin(
+            c.copy_in::<_, bytes::Bytes>("COPY items (id, name) FROM STDIN")
+                .await
+                .unwrap(),
+        );
+        sink.send(bytes::Bytes::from_static(b"5000\tx\n"))
+            .await
+            .unwrap();
+        drop(sink);
+        holds("a COPY abandoned (CopyFail)").await;
+        c.execute("DELETE FROM items WHERE id >= 1000", &[])
+            .await
+            .unwrap();
+    }
+    noise.stop().await;
 }
 
 /// The tenant same-text case with tokio-postgres: named statements with identical text for

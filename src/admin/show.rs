@@ -267,9 +267,11 @@ fn databases(shared: &Shared) -> Table {
         "pool_mode",
         "paused",
         "current_connections",
+        "role_check",
     ]);
     for d in &cfg.databases {
         let pool = shared.pool(&d.name);
+        let posture = shared.postures.get(&d.name).map(|p| p.summary());
         t.row(vec![
             s(&d.name),
             s(&d.upstream.host),
@@ -284,6 +286,7 @@ fn databases(shared: &Shared) -> Table {
             }),
             s(pool.as_ref().is_some_and(|p| p.is_paused()) as i32),
             s(pool.map(|p| p.size_now()).unwrap_or(0)),
+            posture,
         ]);
     }
     t

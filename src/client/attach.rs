@@ -9,6 +9,7 @@ use crate::pool::CheckoutError;
 use crate::protocol::backend::PgError;
 use crate::protocol::frontend::put_query;
 use crate::server::pending::{Action, Kind};
+use crate::server::txn::{Msg, QueryEffect};
 
 impl Session {
     pub(super) async fn acquire_server(&mut self) -> Result<(), PgError> {
@@ -48,13 +49,13 @@ impl Session {
         let conn = co.conn();
         self.cancel
             .attach(self.pool.db.clone(), conn.pid, conn.secret);
+        self.txn.checked_out();
         let mut sql = String::new();
         if conn.params.sync_to(&self.params, &mut sql) {
             put_query(&mut self.sout, sql.as_bytes());
-            self.pending.push(Kind::Query, Action::SyncParams);
+            let seq = self.txn.sent(Msg::Query(QueryEffect::Plain));
+            self.pending.push(Kind::Query, Action::SyncParams, seq);
         }
-        self.status = b'I';
-        self.fresh = true;
         self.unnamed_here = false;
         self.server = Some(co);
         Ok(())

@@ -106,6 +106,7 @@ pub fn user_pool(
             upstream,
             pool: db.pool.clone(),
             tenant_required: db.tenant_required,
+            role_check: db.role_check,
         }),
         key.clone(),
     );

@@ -3,9 +3,12 @@
 //! - Query / Parse text is classified once (`sql::classify`): guard violations (T3) and, with
 //!   `session_state = "reject"`, session-state statements are replaced by a statement that
 //!   raises the error on the server, so the transaction state stays exactly PostgreSQL's.
-//! - At the first message of a transaction the server connection is obtained and, pipelined
-//!   in front of that message, the client's session parameters are synced and the tenant
-//!   context is injected (`begin`).
+//! - A message that needs a server connection gets one (synced to the client's session
+//!   parameters), and one that runs SQL gets the tenant context in front of it wherever the
+//!   transaction model cannot prove it in effect (`context.rs`, `server::txn`).
+//! - Every message sent to the server is also applied to the transaction model; while the
+//!   model knows the server skips to Sync, the client's messages are dropped as PostgreSQL
+//!   drops them.
 //! - In transaction mode, named prepared statements are mapped to shared server statements
 //!   and prepared on demand (`prepared.rs`).
 //!
@@ -15,6 +18,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
+use super::context::Needs;
 use super::session::Session;
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::protocol::backend::{self, PgError};
@@ -22,6 +26,7 @@ use crate::protocol::frontend as fe;
 use crate::protocol::{FrameError, Header};
 use crate::querystats::QueryText;
 use crate::server::pending::{Action, Kind, Unit};
+use crate::server::txn::{Effect, Msg, QueryEffect, SessionCtx};
 use crate::server::Dirty;
 use crate::sql::classify::{analyze, Analysis, Flags, Violation};
 
@@ -104,7 +109,8 @@ impl Session {
     fn handle_message(&mut self, tag: u8, frame: &[u8]) -> Result<Step, PgError> {
         tracing::trace!(tag = %(tag as char), len = frame.len(), "client message");
         let body = &frame[5..];
-        if self.skip_till_sync && tag != b'S' {
+        if self.txn.drops_until_sync() && !matches!(tag, b'S' | b'X') {
+            // PostgreSQL skips it (after an error, up to Sync): no answer, no effect.
             return Ok(Step::Next);
         }
         match tag {
@@ -112,10 +118,7 @@ impl Session {
             b'P' => self.on_parse(frame, body),
             b'B' => self.on_bind(frame, body),
             b'D' => self.on_describe(frame, body),
-            b'E' => {
-                self.reinject |= self.portal_ends_txn && self.server.is_some();
-                self.on_extended(frame, Kind::Execute)
-            }
+            b'E' => self.on_execute(frame, body),
             b'C' => self.on_close(frame, body),
             b'S' => self.on_sync(frame),
             b'H' => {
@@ -125,10 +128,10 @@ impl Session {
                 Ok(Step::Next)
             }
             b'F' => {
-                if let Some(step) = self.begin(false, true)? {
+                if let Some(step) = self.begin(Needs::Context, true)? {
                     return Ok(step);
                 }
-                self.forward(frame, Kind::FunctionCall);
+                self.forward(frame, Kind::FunctionCall, Msg::FunctionCall);
                 Ok(Step::Next)
             }
             b'd' | b'c' | b'f' => {
@@ -138,7 +141,7 @@ impl Session {
                 if self.server.is_some() {
                     self.sout.extend_from_slice(frame);
                     if tag != b'd' {
-                        self.copy_in = false;
+                        self.txn.copy_in = false;
                         self.pending.copy_ended();
                     }
                 }
@@ -167,9 +170,7 @@ impl Session {
         if !matches!(a.violation, Some(Violation::ResetAll)) || a.flags.contains(Flags::TXN_BEGIN) {
             return false;
         }
-        let idle = self.server.is_none()
-            || self.fresh
-            || (self.pending.is_empty() && !self.unsynced && self.status == b'I');
+        let idle = self.server.is_none() || self.txn.is_idle();
         let end = sql
             .iter()
             .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
@@ -210,28 +211,34 @@ impl Session {
         None
     }
 
-    /// T1 for a Query that ends the client's open transaction and goes on (`COMMIT; SELECT …`
-    /// sent inside a transaction): the statements after the end would run without the tenant
-    /// context, and nothing can be sent between them, so a tenant's such Query is refused.
-    /// (From outside a transaction the context is set at session level instead; see on_query.)
-    fn vet_continuation(&self, a: &Analysis) -> Option<PgError> {
-        let t = self.tenant.as_ref().filter(|t| t.pairs > 0)?;
-        let in_txn = self.server.is_some()
-            && !self.fresh
-            && self.pending.is_empty()
-            && !self.unsynced
-            && self.status != b'I';
-        if !(in_txn && a.flags.contains(Flags::AFTER_TXN_END)) {
+    /// T1 for a Query that ends the client's transaction part-way and goes on (`COMMIT;
+    /// SELECT …` sent inside a transaction): the statements after the end run in a new
+    /// transaction, and the context can be made to outlive the end only from outside a
+    /// transaction (set at session level and committed first, `context.rs`). Inside one, a
+    /// tenant's such Query is refused; while that is not known yet, it waits.
+    fn vet_continuation(&self, a: &Analysis) -> Option<Result<PgError, Step>> {
+        let t = self.ctx.as_ref()?;
+        if !a.flags.contains(Flags::AFTER_TXN_END)
+            || self.server.is_none()
+            || self.txn.is_idle()
+            || self.txn.session_ctx == SessionCtx::Confirmed
+        {
             return None;
         }
+        if self.pending.has_block_end() {
+            return Some(Err(Step::Hold));
+        }
         crate::metrics::rejected("tenant_guard");
-        Some(PgError::error(
+        let who = match t.tenant.id.is_empty() {
+            true => "this client".to_string(),
+            false => format!("tenant \"{}\"", t.tenant.id),
+        };
+        Some(Ok(PgError::error(
             "0A000",
             format!(
-                "pgward: tenant \"{}\": a Query sent inside a transaction may not end it and continue (COMMIT; …): statements after the end would run without the tenant context; send them as a separate Query",
-                t.tenant.id
+                "pgward: {who}: a Query sent inside a transaction may not end it and continue (COMMIT; …): statements after the end would run without the tenant context; send them as a separate Query"
             ),
-        ))
+        )))
     }
 
     /// Track session state and statement-cache effects of SQL that is about to run.
@@ -257,16 +264,18 @@ impl Session {
             }
         }
         let a = self.analyze(sql);
-        let replacement = if self.is_closing_reset(sql, &a) {
-            None
-        } else {
-            self.vet(&a).or_else(|| self.vet_continuation(&a))
+        let closing_reset = self.is_closing_reset(sql, &a);
+        let mut replacement = match closing_reset {
+            true => None,
+            false => self.vet(&a),
         };
-        // Statements that cannot run in a transaction block, and multi-statement Queries that
-        // end a transaction part-way (`BEGIN; …; COMMIT; SELECT …`): a transaction-local
-        // context would not cover everything, so it is set at session level and reset after.
-        let non_txn = replacement.is_none()
-            && (a.flags.contains(Flags::NON_TXN) || a.flags.contains(Flags::AFTER_TXN_END));
+        if replacement.is_none() && !closing_reset {
+            match self.vet_continuation(&a) {
+                Some(Err(step)) => return Ok(step),
+                Some(Ok(err)) => replacement = Some(err),
+                None => {}
+            }
+        }
         if a.statements == 0 && self.server.is_none() {
             // Empty query: answer like PostgreSQL without taking a server connection.
             self.emit_local(|out| {
@@ -275,18 +284,25 @@ impl Session {
             });
             return Ok(Step::Next);
         }
-        if let Some(step) = self.begin(non_txn, true)? {
+        let needs = match (&replacement, closing_reset && a.statements == 1) {
+            // A refused statement fails on the server; a pool's lone closing reset (DISCARD
+            // ALL cannot run after the context's Execute) reads nothing.
+            (Some(_), _) | (None, true) => Needs::Server,
+            (None, false) => Needs::of_query(a.flags, a.statements),
+        };
+        if let Some(step) = self.begin(needs, true)? {
             return Ok(step);
         }
         self.unnamed_here = false; // a simple Query drops the unnamed statement
         match replacement {
             Some(err) => {
                 fe::put_query(&mut self.sout, POISON);
-                self.push_replacing(Kind::Query, &err);
+                let seq = self.txn.sent(Msg::Query(QueryEffect::Plain));
+                self.push_replacing(Kind::Query, &err, seq);
             }
             None => {
                 self.note_effects(a.flags);
-                self.forward(frame, Kind::Query);
+                self.forward(frame, Kind::Query, Msg::Query(QueryEffect::of(a.flags)));
                 if let Some(u) = self.pending.back_mut() {
                     if a.statements == 1 {
                         u.guess = crate::metrics::Command::of_sql(sql);
@@ -313,12 +329,16 @@ impl Session {
         }
         let a = self.analyze(p.query);
         let replacement = self.vet(&a);
-        if let Some(step) = self.begin(false, false)? {
+        // Parse resolves names: the context must be in place. A statement that cannot run in
+        // a transaction block gets it at session level before its block starts.
+        let needs = match &replacement {
+            Some(_) => Needs::Server,
+            None => Needs::of_parse(a.flags),
+        };
+        if let Some(step) = self.begin(needs, false)? {
             return Ok(step);
         }
-        self.unsynced = true;
         self.stmt_started.get_or_insert_with(Instant::now);
-        self.reinject_context(); // Parse resolves names: the context must be in place
         let poisoned;
         let effects = match replacement {
             Some(_) => Flags::default(),
@@ -350,11 +370,15 @@ impl Session {
         if self.mode == PoolMode::Transaction && !p.name.is_empty() {
             return self.parse_named(p.name, definition, action, effects);
         }
+        if !p.name.is_empty() {
+            self.statements.note_session(p.name, effects);
+        }
         if replacement.is_none() {
-            self.forward(frame, Kind::Parse);
+            self.forward(frame, Kind::Parse, Msg::Extended);
         } else {
             fe::put_parse(&mut self.sout, p.name, definition);
-            self.pending.push(Kind::Parse, action);
+            let seq = self.txn.sent(Msg::Extended);
+            self.pending.push(Kind::Parse, action, seq);
         }
         Ok(Step::Next)
     }
@@ -362,16 +386,8 @@ impl Session {
     fn on_bind(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
         let (portal, stmt, rest) =
             fe::bind_names(body).ok_or_else(|| PgError::fatal("08P01", "invalid Bind message"))?;
-        if let Some(step) = self.begin(false, false)? {
-            return Ok(step);
-        }
-        self.unsynced = true;
-        self.stmt_started.get_or_insert_with(Instant::now);
-        if self.refuse_foreign_unnamed(stmt) {
-            return Ok(Step::Next);
-        }
-        // Executing a statement again has its session effects again (noted at Parse for the
-        // first execution; a later transaction may execute it on another connection).
+        // What executing the statement does (its session effects are noted again at each
+        // Bind: a later transaction may execute it on another connection).
         let named = match stmt.is_empty() {
             true => None,
             false => self
@@ -380,15 +396,23 @@ impl Session {
                 .map(|(d, f)| (d.clone(), f)),
         };
         let effects = match &named {
-            Some((_, f)) => *f,
-            None if stmt.is_empty() => self.unnamed_effects,
-            None => Flags::default(),
+            Some((_, f)) => Some(*f),
+            None if stmt.is_empty() => Some(self.unnamed_effects),
+            None => self.statements.session_effects(stmt),
         };
-        if effects != Flags::default() {
-            self.note_effects(effects);
+        let needs = effects.map_or(Needs::Context, Needs::of_statement);
+        if let Some(step) = self.begin(needs, false)? {
+            return Ok(step);
         }
-        self.reinject_context();
-        self.portal_ends_txn = effects.contains(Flags::TXN_END);
+        self.stmt_started.get_or_insert_with(Instant::now);
+        if self.refuse_foreign_unnamed(stmt) {
+            return Ok(Step::Next);
+        }
+        if let Some(f) = effects.filter(|f| *f != Flags::default()) {
+            self.note_effects(f);
+        }
+        self.txn
+            .bound(portal, effects.map_or(Effect::Unknown, Effect::of));
         self.exec_cmd = match &named {
             Some((d, _)) => d.cmd,
             None if stmt.is_empty() => self.unnamed_cmd,
@@ -404,43 +428,64 @@ impl Session {
         if self.mode == PoolMode::Transaction {
             if let Some(def) = named.and_then(|(d, _)| self.prepare_here(d)) {
                 fe::put_bind_renamed(&mut self.sout, portal, &def.name, &body[rest..]);
-                self.push_forward(Kind::Bind);
-                self.mark_uses(def.id);
+                self.push_forward(Kind::Bind, Msg::Extended);
+                self.mark_uses(def.id, stmt);
                 return Ok(Step::Next);
             }
         }
-        self.forward(frame, Kind::Bind);
+        self.forward(frame, Kind::Bind, Msg::Extended);
         Ok(Step::Next)
     }
 
     fn on_describe(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
         let (kind, name) =
             fe::target(body).ok_or_else(|| PgError::fatal("08P01", "invalid Describe message"))?;
-        if let Some(step) = self.begin(false, false)? {
+        if let Some(step) = self.begin(Needs::Server, false)? {
             return Ok(step);
         }
-        self.unsynced = true;
+        // A shared statement may have to be prepared here first: that Parse needs what the
+        // client's Parse of it needed.
+        let shared = self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty();
+        if shared && !self.prepared_here(name) {
+            let needs = self
+                .statements
+                .get_with_effects(name)
+                .map_or(Needs::Server, |(_, f)| Needs::of_parse(f));
+            if let Some(step) = self.begin(needs, false)? {
+                return Ok(step);
+            }
+        }
+        if kind == b'P' && name.is_empty() && self.txn.ctx_portal {
+            self.fail_extended(PgError::error("34000", "portal \"\" does not exist"));
+            return Ok(Step::Next);
+        }
         if kind == b'S' && self.refuse_foreign_unnamed(name) {
             return Ok(Step::Next);
         }
-        if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
+        if shared {
             if let Some(def) = self.ensure_prepared(name) {
                 fe::put_target(&mut self.sout, b'D', b'S', &def.name);
-                self.push_forward(Kind::Describe);
-                self.mark_uses(def.id);
+                self.push_forward(Kind::Describe, Msg::Extended);
+                self.mark_uses(def.id, name);
                 return Ok(Step::Next);
             }
         }
-        self.forward(frame, Kind::Describe);
+        self.forward(frame, Kind::Describe, Msg::Extended);
         Ok(Step::Next)
     }
 
-    fn on_extended(&mut self, frame: &[u8], kind: Kind) -> Result<Step, PgError> {
-        if let Some(step) = self.begin(false, false)? {
+    fn on_execute(&mut self, frame: &[u8], body: &[u8]) -> Result<Step, PgError> {
+        let portal = fe::execute_portal(body)
+            .ok_or_else(|| PgError::fatal("08P01", "invalid Execute message"))?;
+        if let Some(step) = self.begin(Needs::Server, false)? {
             return Ok(step);
         }
-        self.unsynced = true;
-        self.forward(frame, kind);
+        if portal.is_empty() && self.txn.ctx_portal {
+            self.fail_extended(PgError::error("34000", "portal \"\" does not exist"));
+            return Ok(Step::Next);
+        }
+        let effect = self.txn.portal_effect(portal);
+        self.forward(frame, Kind::Execute, Msg::Execute(effect));
         Ok(Step::Next)
     }
 
@@ -448,9 +493,13 @@ impl Session {
         let (kind, name) =
             fe::target(body).ok_or_else(|| PgError::fatal("08P01", "invalid Close message"))?;
         if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
-            // Shared statements stay on the server; only the client's name goes away.
+            // Shared statements stay on the server; only the client's name goes away, unless
+            // PostgreSQL would skip the Close (after an error in its block): until that is
+            // known, it waits.
+            if self.server.is_some() && self.txn.may_be_skipping() {
+                return Ok(self.await_answers());
+            }
             self.statements.remove(name);
-            self.unsynced = self.server.is_some() || self.unsynced;
             self.emit_local(|out| out.extend_from_slice(b"3\0\0\0\x04"));
             return Ok(Step::Next);
         }
@@ -459,38 +508,46 @@ impl Session {
             self.emit_local(|out| out.extend_from_slice(b"3\0\0\0\x04"));
             return Ok(Step::Next);
         }
-        self.on_extended(frame, Kind::Close)
+        if kind == b'S' && !name.is_empty() {
+            self.statements.forget_session(name);
+        }
+        if let Some(step) = self.begin(Needs::Server, false)? {
+            return Ok(step);
+        }
+        if kind == b'P' && name.is_empty() {
+            self.txn.ctx_portal = false;
+        }
+        self.forward(frame, Kind::Close, Msg::Extended);
+        Ok(Step::Next)
     }
 
     fn on_sync(&mut self, frame: &[u8]) -> Result<Step, PgError> {
-        if self.copy_in {
+        if self.txn.copy_in {
             // PostgreSQL ignores Sync during COPY IN (libpq-style clients send one anyway).
             self.sout.extend_from_slice(frame);
             return Ok(Step::Next);
         }
-        self.skip_till_sync = false;
+        self.txn.client_skip = false;
         self.stmt_started = None;
-        self.reinject = false;
-        self.portal_ends_txn = false;
         if self.server.is_none() {
-            self.unsynced = false;
             self.emit_local(|out| backend::ready_for_query(out, b'I'));
             return Ok(Step::Next);
         }
-        self.unsynced = false;
-        self.forward(frame, Kind::Sync);
+        self.forward(frame, Kind::Sync, Msg::Sync);
         Ok(Step::Next)
     }
 
     /// Append a client frame unchanged and expect its responses.
     #[inline]
-    pub(super) fn forward(&mut self, frame: &[u8], kind: Kind) {
+    pub(super) fn forward(&mut self, frame: &[u8], kind: Kind, msg: Msg) {
         self.sout.extend_from_slice(frame);
-        self.push_forward(kind);
+        self.push_forward(kind, msg);
     }
 
+    /// Expect the responses of a client request just written, and apply it to the model.
     #[inline]
-    pub(super) fn push_forward(&mut self, kind: Kind) {
+    pub(super) fn push_forward(&mut self, kind: Kind, msg: Msg) {
+        let seq = self.txn.sent(msg);
         let sent = match kind {
             Kind::Execute => self.stmt_started.take().or_else(|| Some(Instant::now())),
             Kind::Query | Kind::FunctionCall => Some(Instant::now()),
@@ -501,41 +558,39 @@ impl Session {
             _ => None,
         };
         self.pending.push_unit(Unit {
-            kind,
-            action: Action::Forward,
-            stmt: None,
-            name: None,
             sent,
             text,
-            uses: None,
-            copy_epoch: 0,
             guess: match kind {
                 Kind::Execute => self.exec_cmd,
                 _ => crate::metrics::Command::Other,
             },
+            ..Unit::new(kind, Action::Forward, seq)
         });
     }
 
     /// Expect the responses of a substituted request whose error is replaced by `err`.
-    fn push_replacing(&mut self, kind: Kind, err: &PgError) {
-        let action = replacement_action(err);
+    fn push_replacing(&mut self, kind: Kind, err: &PgError, seq: u32) {
         self.pending.push_unit(Unit {
-            kind,
-            action,
-            stmt: None,
-            name: None,
             sent: Some(Instant::now()),
-            text: None,
-            uses: None,
-            copy_epoch: 0,
-            guess: crate::metrics::Command::Other,
+            ..Unit::new(kind, replacement_action(err), seq)
         });
     }
 
-    fn mark_uses(&mut self, id: u64) {
+    fn mark_uses(&mut self, id: u64, client_name: &[u8]) {
         if let Some(u) = self.pending.back_mut() {
             u.uses = Some(id);
+            u.alias = Some(client_name.into());
         }
+    }
+
+    /// Wait for every answer owed, to decide what depends on them: a Flush (which PostgreSQL
+    /// does not answer) makes the server send answers it would keep until a Sync.
+    pub(super) fn await_answers(&mut self) -> Step {
+        if !self.pending.nothing_owed() && !self.txn.flush_sent {
+            fe::put_flush(&mut self.sout);
+            self.txn.flush_sent = true;
+        }
+        Step::Hold
     }
 
     /// Bytes the proxy answers with, placed after every response still owed.
@@ -548,7 +603,7 @@ impl Session {
             // The kind of a synthesized unit only matters for skipping: it is dropped, like
             // any response, when an earlier request of its block fails.
             self.pending
-                .push(Kind::Bind, Action::Synthesize(b.freeze()));
+                .push(Kind::Bind, Action::Synthesize(b.freeze()), 0);
         }
     }
 
@@ -566,101 +621,22 @@ impl Session {
         true
     }
 
-    /// Answer the current extended-protocol message with an error and skip to Sync.
+    /// Answer the current extended-protocol message with an error and skip to Sync, as
+    /// PostgreSQL does. With a server connection held, the error is raised there (a
+    /// statement that fails to parse, its error replaced by `err`), so the transaction is
+    /// aborted and the server skips to Sync exactly as it would have.
     pub(super) fn fail_extended(&mut self, err: PgError) {
+        if self.server.is_some() {
+            let mut def = POISON.to_vec();
+            def.extend_from_slice(b"\0\0\0");
+            fe::put_parse(&mut self.sout, POISON_NAME, &def);
+            let seq = self.txn.sent(Msg::Extended);
+            self.push_replacing(Kind::Parse, &err, seq);
+            return;
+        }
         crate::metrics::error(err.code.as_bytes());
         self.emit_local(|out| err.encode(out));
-        self.skip_till_sync = true;
-    }
-
-    /// Start of a transaction block (or of a statement inside one): make sure a server
-    /// connection is held and, at a block start, that the session parameters and the tenant
-    /// context are in place. `Some(step)`: the message was dealt with (held, or answered with
-    /// the error of a failed checkout), or it must wait for a server ([`Step::NeedServer`]).
-    pub(super) fn begin(
-        &mut self,
-        non_txn: bool,
-        ends_block: bool,
-    ) -> Result<Option<Step>, PgError> {
-        if self.unsynced {
-            return Ok(None);
-        }
-        if self.server.is_some() {
-            if self.fresh {
-                // Just checked out (its parameter sync may be pending): a block starts.
-                self.fresh = false;
-                self.inject_context(non_txn);
-                return Ok(None);
-            }
-            if self.pending.is_empty() {
-                if self.status == b'I' {
-                    self.inject_context(non_txn);
-                }
-                return Ok(None);
-            }
-            // A new block pipelined behind one whose outcome is unknown: its status decides
-            // whether it needs the tenant context.
-            if self.tenant.as_ref().is_some_and(|t| t.pairs > 0) && self.pending.has_block_end() {
-                return Ok(Some(Step::Hold));
-            }
-            return Ok(None);
-        }
-        let Some(e) = self.acquire_error.take() else {
-            return Ok(Some(Step::NeedServer));
-        };
-        if ends_block {
-            crate::metrics::error(e.code.as_bytes());
-            self.emit_local(|out| {
-                e.encode(out);
-                backend::ready_for_query(out, b'I');
-            });
-        } else {
-            self.fail_extended(*e);
-        }
-        Ok(Some(Step::Next))
-    }
-
-    /// `Some(NeedServer)` when no server connection is held yet (and no failed attempt is
-    /// waiting to be reported by [`Session::begin`]).
-    fn want_server(&mut self) -> Option<Step> {
-        (self.server.is_none() && self.acquire_error.is_none()).then_some(Step::NeedServer)
-    }
-
-    /// T1 inside an extended block: after a statement that ended the transaction (`COMMIT`
-    /// executed, more messages before Sync), the next Parse or Bind runs in a new
-    /// transaction, which gets the tenant context again.
-    fn reinject_context(&mut self) {
-        if std::mem::take(&mut self.reinject) {
-            self.inject_context(false);
-        }
-    }
-
-    /// Tenant context for a block that starts now with the server idle.
-    fn inject_context(&mut self, non_txn: bool) {
-        let Some(t) = self.tenant.clone() else {
-            return;
-        };
-        if t.pairs == 0 {
-            return;
-        }
-        let Some(co) = self.server.as_mut() else {
-            return;
-        };
-        let conn = co.conn();
-        if non_txn {
-            self.sout.extend_from_slice(&t.session_query);
-            self.pending.push(Kind::Query, Action::Swallow);
-            self.dirty.insert(Dirty::TENANT_SESSION);
-            return;
-        }
-        if conn.ctx_prepared & t.stmt_bit == 0 {
-            self.sout.extend_from_slice(&t.parse);
-            conn.ctx_prepared |= t.stmt_bit;
-            self.pending.push(Kind::Parse, Action::Swallow);
-        }
-        self.sout.extend_from_slice(&t.bind_execute);
-        self.pending.push(Kind::Bind, Action::Swallow);
-        self.pending.push(Kind::Execute, Action::Swallow);
+        self.txn.client_skip = true;
     }
 }
 
@@ -690,6 +666,9 @@ pub(super) fn session_dirt(flags: Flags) -> Dirty {
 /// SQL that always fails at parse time on the server (a syntax error). Substituted for a
 /// refused statement so PostgreSQL applies its own error semantics to the transaction.
 const POISON: &[u8] = b"PGWARD_REFUSED_STATEMENT";
+/// The statement name it is parsed under (never created: it fails; the client's unnamed
+/// statement stays as it was).
+const POISON_NAME: &[u8] = b"pgward_refused";
 
 fn replacement_action(err: &PgError) -> Action {
     crate::metrics::error(err.code.as_bytes());

@@ -10,6 +10,7 @@ mod attach;
 pub mod auth;
 pub mod auth_query;
 pub mod cancel;
+pub mod context;
 mod frontend;
 mod prepared;
 mod relay;
@@ -34,6 +35,7 @@ use crate::protocol::startup::{self, StartupPacket};
 use crate::proxy::{ClientInfo, Shared};
 use crate::server::params::ClientParams;
 use crate::server::pending::Pending;
+use crate::server::txn::TxnModel;
 use crate::tenancy::resolve;
 use session::Session;
 
@@ -308,6 +310,12 @@ async fn handshake(
         .tenant
         .as_ref()
         .and_then(|t| shared.tenants.load().get(&t.id).cloned());
+    if tenant.is_some() {
+        if let Some(e) = crate::tenancy::posture::refusal(shared, &db) {
+            send_error(&mut stream, e).await;
+            return None;
+        }
+    }
     if let Some(t) = &tenant {
         // T3 at login: a startup parameter (or `options=-c …`) may not set what the tenant
         // context sets, as `SET` may not.
@@ -384,6 +392,10 @@ async fn handshake(
         pool,
         mode,
         policy: db.pool.session_state,
+        ctx: tenant
+            .clone()
+            .or_else(|| shared.tenants.load().plain(&db.name).cloned())
+            .filter(|t| t.pairs > 0),
         tenant,
         params,
         max_message: cfg.max_message_size,
@@ -400,10 +412,7 @@ async fn handshake(
         server: None,
         sout: BytesMut::new(),
         pending: Pending::default(),
-        unsynced: false,
-        status: b'I',
-        copy_in: false,
-        skip_till_sync: false,
+        txn: TxnModel::default(),
         hold: false,
         terminating: false,
         dirty: Default::default(),
@@ -412,7 +421,7 @@ async fn handshake(
         stmt_started: None,
         stmt_mark: None,
         server_broken: false,
-        fresh: false,
+        fatal_relayed: false,
         acquire_error: None,
         observe: (cfg.metrics.query_stats || cfg.metrics.slow_statement_threshold.is_some()).then(
             || {
@@ -435,8 +444,6 @@ async fn handshake(
         unnamed_cmd: crate::metrics::Command::Other,
         exec_cmd: crate::metrics::Command::Other,
         unnamed_here: false,
-        portal_ends_txn: false,
-        reinject: false,
     }))
 }
 

@@ -16,6 +16,7 @@ use crate::protocol::backend::PgError;
 use crate::protocol::frontend as fe;
 use crate::server::pending::{Action, Kind, Unit};
 use crate::server::prepared::StatementDef;
+use crate::server::txn::Msg;
 use crate::sql::classify::Flags;
 
 impl Session {
@@ -27,6 +28,10 @@ impl Session {
         effects: Flags,
     ) -> Result<Step, PgError> {
         if self.statements.contains(name) {
+            if self.pending.parse_pending(name) {
+                // Whether it exists depends on how that Parse ends: wait for it.
+                return Ok(self.await_answers());
+            }
             self.fail_extended(PgError::error(
                 "42P05",
                 format!(
@@ -65,6 +70,16 @@ impl Session {
         Ok(Step::Next)
     }
 
+    /// Is the client's statement `name` prepared, current, on the server connection held?
+    pub(super) fn prepared_here(&mut self, name: &[u8]) -> bool {
+        let Some(def) = self.statements.get(name).cloned() else {
+            return false;
+        };
+        self.server
+            .as_mut()
+            .is_some_and(|co| co.conn().statements.has_current(&def))
+    }
+
     /// The shared definition behind a client's statement name, prepared on the current server
     /// connection (a Parse is queued if needed). `None` for names the client never prepared.
     pub(super) fn ensure_prepared(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
@@ -93,26 +108,21 @@ impl Session {
         let Some(co) = self.server.as_mut() else {
             return;
         };
-        for stale in co.conn().statements.take_stale() {
-            fe::put_target(&mut self.sout, b'C', b'S', &stale.name);
-            self.pending.push(Kind::Close, Action::Swallow);
-        }
-        if let Some(victim) = co.conn().statements.insert(def.clone(), max) {
-            fe::put_target(&mut self.sout, b'C', b'S', &victim.name);
-            self.pending.push(Kind::Close, Action::Swallow);
+        let conn = co.conn();
+        let stale = conn.statements.take_stale();
+        let victim = conn.statements.insert(def.clone(), max);
+        for old in stale.iter().chain(victim.iter()) {
+            fe::put_target(&mut self.sout, b'C', b'S', &old.name);
+            let seq = self.txn.sent(Msg::Extended);
+            self.pending.push(Kind::Close, Action::Swallow, seq);
         }
         crate::metrics::prepared(false);
         fe::put_parse(&mut self.sout, &def.name, &def.definition);
+        let seq = self.txn.sent(Msg::Extended);
         self.pending.push_unit(Unit {
-            kind: Kind::Parse,
-            action,
             stmt: Some(def.id),
             name: client_name.map(Into::into),
-            sent: None,
-            text: None,
-            uses: None,
-            copy_epoch: 0,
-            guess: crate::metrics::Command::Other,
+            ..Unit::new(Kind::Parse, action, seq)
         });
     }
 }

@@ -14,6 +14,7 @@ use crate::protocol::backend::{parse_error_fields, parse_parameter_status, PgErr
 use crate::protocol::frontend::put_sync;
 use crate::protocol::Header;
 use crate::server::pending::{Action, Kind};
+use crate::server::txn::{Msg, Outcome, SessionCtx};
 
 /// Server messages are trusted more than client ones, but still bounded.
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -78,6 +79,10 @@ impl Session {
         if result.is_err() {
             self.server_broken = true;
         }
+        if self.pending.nothing_owed() {
+            // Everything sent was answered, without an error since the last refinement.
+            self.txn.all_answered();
+        }
         result
     }
 
@@ -92,7 +97,7 @@ impl Session {
         let body = &frame[5..];
         let front_swallows = matches!(
             self.pending.front().map(|u| &u.action),
-            Some(Action::Swallow | Action::SyncParams)
+            Some(Action::Swallow | Action::SyncParams | Action::SessionContext)
         );
         match tag {
             b'A' => return Route::Forward,
@@ -125,7 +130,10 @@ impl Session {
         let Some(unit) = self.pending.front() else {
             // Unsolicited: PostgreSQL sends a FATAL ErrorResponse before closing.
             if tag == b'E' {
+                let f = parse_error_fields(body);
+                crate::metrics::error(f.code);
                 self.server_broken = true;
+                self.fatal_relayed |= f.severity == b"FATAL" || f.severity == b"PANIC";
                 return Route::ForwardThenFlush;
             }
             return Route::Broken(PgError::fatal(
@@ -157,8 +165,8 @@ impl Session {
             if !kind.ends_block() {
                 if let Some(u) = self.pending.pop() {
                     self.undo_statement(&u);
+                    self.after_error(&u, false);
                 }
-                self.after_error(kind, false);
             }
             if let Action::ReplaceError(b) = replaced {
                 return Route::Replace(b);
@@ -189,21 +197,28 @@ impl Session {
             crate::metrics::error(f.code);
             if f.severity == b"FATAL" || f.severity == b"PANIC" {
                 self.server_broken = true;
+                self.fatal_relayed = true;
             }
         }
+        let session_ctx = matches!(
+            self.pending.front().map(|u| &u.action),
+            Some(Action::SessionContext)
+        );
         match tag {
             b'G' => {
-                self.copy_in = true;
+                self.txn.copy_in = true;
                 if kind == Kind::Execute {
                     self.pending.forget_syncs_behind_front();
                 }
             }
-            b'Z' => {
-                self.status = body.first().copied().unwrap_or(b'I');
-                self.copy_in = false;
+            b'E' if session_ctx => self.txn.session_ctx = SessionCtx::Failed,
+            b'Z' if session_ctx && self.txn.session_ctx == SessionCtx::Sent => {
+                self.txn.session_ctx = SessionCtx::Confirmed;
             }
-            b'C' | b'E' if self.copy_in => self.copy_in = false,
             _ => {}
+        }
+        if matches!(tag, b'C' | b'E' | b'Z') {
+            self.txn.copy_in = false;
         }
         if !kind.completed_by(tag) {
             return if forward { Route::Forward } else { Route::Drop };
@@ -211,50 +226,84 @@ impl Session {
         let Some(unit) = self.pending.pop() else {
             return Route::Drop;
         };
+        if tag == b'Z' {
+            let status = body.first().copied().unwrap_or(b'I');
+            self.txn.answered(unit.seq, Outcome::Ready(status));
+        }
+        let mut renamed = None;
         if tag == b'E' {
             self.undo_statement(&unit);
             if let Some(id) = unit.uses {
-                // "cached plan must not change result type" (DDL since it was prepared): the
-                // shared statement is closed and prepared again on its next use.
-                if parse_error_fields(body).code == b"0A000" {
-                    if let Some(co) = self.server.as_mut() {
-                        co.conn().statements.invalidate(id);
+                match parse_error_fields(body).code {
+                    // "cached plan must not change result type" (DDL since it was prepared):
+                    // the shared statement is closed and prepared again on its next use.
+                    b"0A000" => {
+                        if let Some(co) = self.server.as_mut() {
+                            co.conn().statements.invalidate(id);
+                        }
                     }
+                    // Its Parse failed after this was sent: the error names the client's
+                    // statement, as PostgreSQL would.
+                    b"26000" => {
+                        renamed = unit.alias.as_deref().and_then(|a| {
+                            rename_in_error(frame, format!("pgward_{id}").as_bytes(), a)
+                        });
+                    }
+                    _ => {}
                 }
             }
-            self.after_error(unit.kind, matches!(unit.action, Action::Swallow));
+            self.after_error(&unit, matches!(unit.action, Action::Swallow));
         }
-        if forward {
-            Route::ForwardThenFlush
-        } else {
-            Route::Drop
+        match (forward, renamed) {
+            (true, Some(b)) => Route::Replace(b),
+            (true, None) => Route::ForwardThenFlush,
+            (false, _) => Route::Drop,
         }
     }
 
-    /// After an ErrorResponse completed a request of `kind`: drop what the server will skip.
-    fn after_error(&mut self, kind: Kind, from_proxy: bool) {
-        if !kind.ends_block() {
-            let statements = &mut self.statements;
-            let server = self.server.as_mut();
-            let mut undo_server = Vec::new();
-            let next = self.pending.skip_to_block_end(!from_proxy, |u| {
-                if let Some(id) = u.stmt {
-                    undo_server.push(id);
-                }
-                if let Some(n) = &u.name {
-                    statements.remove(n);
-                }
-            });
-            if let Some(co) = server {
-                for id in undo_server {
-                    co.conn().statements.remove(id);
-                }
+    /// After an ErrorResponse completed `failed`: drop what the server will skip, and tell the
+    /// model the server skips to Sync from there.
+    fn after_error(&mut self, failed: &crate::server::pending::Unit, from_proxy: bool) {
+        if failed.kind.ends_block() {
+            return; // its ReadyForQuery follows
+        }
+        let statements = &mut self.statements;
+        let server = self.server.as_mut();
+        let mut undo_server = Vec::new();
+        let mut undo_ctx = 0u64;
+        let mut session_ctx_skipped = false;
+        let next = self.pending.skip_to_block_end(!from_proxy, |u| {
+            if let Some(id) = u.stmt {
+                undo_server.push(id);
             }
-            // The proxy's own request failed in front of a simple Query: the server now
-            // ignores everything up to a Sync, so send one; its ReadyForQuery answers the
-            // client's Query.
-            if from_proxy && matches!(next, Some(Kind::Query) | Some(Kind::FunctionCall)) {
-                put_sync(&mut self.sout);
+            undo_ctx |= u.ctx_bit;
+            session_ctx_skipped |= matches!(u.action, Action::SessionContext);
+            // A skipped Parse creates nothing; a skipped Close closes nothing.
+            if let (Kind::Parse, Some(n)) = (u.kind, &u.name) {
+                statements.remove(n);
+            }
+        });
+        if let Some(co) = server {
+            let conn = co.conn();
+            for id in undo_server {
+                // Skipped: an older copy (its Close was skipped too) may still be there.
+                conn.statements.invalidate(id);
+            }
+            conn.ctx_prepared &= !undo_ctx;
+        }
+        self.txn.answered(failed.seq, Outcome::Failed);
+        if session_ctx_skipped {
+            // Skipped like the statement that waits for it, which is dropped now.
+            self.txn.session_ctx = SessionCtx::None;
+        }
+        // The proxy's own request failed in front of a simple Query: the server now
+        // ignores everything up to a Sync, so send one; its ReadyForQuery answers the
+        // client's Query.
+        if from_proxy && matches!(next, Some(Kind::Query) | Some(Kind::FunctionCall)) {
+            put_sync(&mut self.sout);
+            let seq = self.txn.sent(Msg::Sync);
+            if let Some(u) = self.pending.front_mut() {
+                u.seq = seq;
             }
         }
     }
@@ -288,12 +337,15 @@ impl Session {
     }
 
     fn undo_statement(&mut self, unit: &crate::server::pending::Unit) {
-        if let Some(id) = unit.stmt {
-            if let Some(co) = self.server.as_mut() {
-                co.conn().statements.remove(id);
+        if let Some(co) = self.server.as_mut() {
+            let conn = co.conn();
+            if let Some(id) = unit.stmt {
+                // Closed again before the next Parse (harmless if nothing is there).
+                conn.statements.invalidate(id);
             }
+            conn.ctx_prepared &= !unit.ctx_bit;
         }
-        if let Some(n) = &unit.name {
+        if let (Kind::Parse, Some(n)) = (unit.kind, &unit.name) {
             self.statements.remove(n);
         }
     }
@@ -308,6 +360,23 @@ enum Route {
     /// Send these bytes instead of this message.
     Replace(bytes::Bytes),
     Broken(PgError),
+}
+
+/// An ErrorResponse frame with the quoted name `from` replaced by `to`.
+fn rename_in_error(frame: &[u8], from: &[u8], to: &[u8]) -> Option<bytes::Bytes> {
+    let quoted = [&b"\""[..], from, b"\""].concat();
+    let at = frame
+        .windows(quoted.len())
+        .position(|w| w == quoted.as_slice())?;
+    let mut body = Vec::with_capacity(frame.len() + to.len());
+    body.extend_from_slice(&frame[5..at + 1]);
+    body.extend_from_slice(to);
+    body.extend_from_slice(&frame[at + 1 + from.len()..]);
+    let mut out = bytes::BytesMut::with_capacity(body.len() + 5);
+    out.extend_from_slice(b"E");
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(&body);
+    Some(out.freeze())
 }
 
 /// The label: the command tag of a completed statement, else what its text said.

@@ -12,6 +12,8 @@ use bytes::BytesMut;
 use super::session::{End, Session};
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::pool::Checkout;
+use crate::server::pending::{Action, Kind};
+use crate::server::txn::{Msg, QueryEffect, SessionCtx};
 use crate::server::{Dirty, ServerConn};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,9 +25,7 @@ impl Session {
             || self.mode == PoolMode::Session
             || self.pinned
             || !self.pending.is_empty()
-            || self.unsynced
-            || self.status != b'I'
-            || self.copy_in
+            || !self.txn.is_idle()
             || !self.sout.is_empty()
         {
             return;
@@ -47,13 +47,12 @@ impl Session {
                 let sql = reset_sql(
                     dirty,
                     co.conn(),
-                    self.tenant.as_deref().map(|t| t.reset_sql.as_str()),
+                    self.ctx.as_deref().map(|t| t.reset_sql.as_str()),
                 );
                 crate::protocol::frontend::put_query(&mut self.sout, sql.as_bytes());
-                self.pending.push(
-                    crate::server::pending::Kind::Query,
-                    crate::server::pending::Action::Swallow,
-                );
+                let seq = self.txn.sent(Msg::Query(QueryEffect::Plain));
+                self.pending.push(Kind::Query, Action::Swallow, seq);
+                self.txn.session_ctx = SessionCtx::None;
             }
             return;
         }
@@ -68,7 +67,7 @@ impl Session {
             sql = reset_sql(
                 dirty,
                 co.conn(),
-                self.tenant.as_deref().map(|t| t.reset_sql.as_str()),
+                self.ctx.as_deref().map(|t| t.reset_sql.as_str()),
             );
         }
         self.give_back(co, now, sql);
@@ -133,8 +132,7 @@ impl Session {
             let now = self.detach(&co);
             let clean = !self.server_broken
                 && self.pending.is_empty()
-                && !self.unsynced
-                && !self.copy_in
+                && !self.txn.mid_block()
                 && self.sout.is_empty();
             if clean {
                 let mut dirty = self.dirty;
@@ -142,7 +140,7 @@ impl Session {
                     dirty.insert(Dirty::UNKNOWN);
                 }
                 let mut sql = String::new();
-                if self.status != b'I' {
+                if self.txn.maybe_in_block() {
                     sql.push_str("ROLLBACK;");
                 }
                 if !dirty.is_empty() {
@@ -150,7 +148,7 @@ impl Session {
                     sql.push_str(&reset_sql(
                         dirty,
                         co.conn(),
-                        self.tenant.as_deref().map(|t| t.reset_sql.as_str()),
+                        self.ctx.as_deref().map(|t| t.reset_sql.as_str()),
                     ));
                 }
                 self.give_back(co, now, sql);

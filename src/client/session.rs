@@ -36,6 +36,7 @@ use crate::protocol::backend::PgError;
 use crate::proxy::{ClientInfo, Shared};
 use crate::server::params::ClientParams;
 use crate::server::pending::Pending;
+use crate::server::txn::TxnModel;
 use crate::server::Dirty;
 use crate::tenancy::TenantCtx;
 
@@ -49,7 +50,11 @@ pub struct Session {
     pub(super) pool: Arc<Pool>,
     pub(super) mode: PoolMode,
     pub(super) policy: SessionStatePolicy,
+    /// The tenant the client selected (identity, guards, labels).
     pub(super) tenant: Option<Arc<TenantCtx>>,
+    /// The context its transactions get: the tenant's, or the database's for plain clients
+    /// when it has a baseline role; `None` when there is nothing to set.
+    pub(super) ctx: Option<Arc<TenantCtx>>,
     pub(super) labels: Arc<LabelSet>,
     pub(super) params: ClientParams,
     pub(super) max_message: usize,
@@ -65,16 +70,10 @@ pub struct Session {
 
     /// Responses the server still owes, in order.
     pub(super) pending: Pending,
-    /// Extended-protocol messages were forwarded since the last Sync.
-    pub(super) unsynced: bool,
-    /// Transaction status of the last ReadyForQuery from the server.
-    pub(super) status: u8,
-    /// The client is sending COPY data.
-    pub(super) copy_in: bool,
-    /// The proxy answered an extended-protocol message with an error: drop client messages
-    /// up to the next Sync, as PostgreSQL does.
-    pub(super) skip_till_sync: bool,
-    /// Waiting for outstanding responses before the next block can be given its context.
+    /// Where the server's transaction boundaries are (T1): decides the tenant context,
+    /// skipping and release. The one description of the protocol/transaction state.
+    pub(super) txn: TxnModel,
+    /// The next client message waits for answers owed (the session keeps reading the client).
     pub(super) hold: bool,
     /// The client sent Terminate after requests the server is still answering: their
     /// responses are delivered (as PostgreSQL would) before the session ends.
@@ -90,8 +89,8 @@ pub struct Session {
     pub(super) stmt_mark: Option<Instant>,
     /// The server connection was lost or is in an unknown state: close it.
     pub(super) server_broken: bool,
-    /// The server connection was just checked out: the next `begin` starts a block on it.
-    pub(super) fresh: bool,
+    /// The server's own FATAL reached the client: that is the one error the client gets.
+    pub(super) fatal_relayed: bool,
     /// Why the last checkout failed, until the message that needed it is answered with it.
     pub(super) acquire_error: Option<Box<PgError>>,
     /// Query statistics / slow log, when configured: (stats on, slow threshold, tenant).
@@ -109,10 +108,6 @@ pub struct Session {
     /// The unnamed statement on the current server connection was parsed by this client
     /// during this checkout (otherwise it is another client's, or none).
     pub(super) unnamed_here: bool,
-    /// The portal last bound runs a statement that ends the transaction.
-    pub(super) portal_ends_txn: bool,
-    /// A transaction ended inside this extended block: the next Bind gets the tenant context.
-    pub(super) reinject: bool,
 }
 
 pub(super) enum Event {
@@ -150,7 +145,7 @@ impl Session {
             let flow = match self.terminating {
                 true => {
                     self.cin.clear(); // nothing after Terminate is read
-                    if self.pending.is_empty() {
+                    if !self.pending.has_block_end() {
                         return End::ClientGone;
                     }
                     Ok(Flow::Continue)
@@ -166,8 +161,9 @@ impl Session {
                     continue;
                 }
                 Ok(Flow::Terminate) => {
-                    // Wait for the answers only if the server owes them without more input.
-                    if self.pending.is_empty() || self.unsynced || self.server.is_none() {
+                    // Wait for the answers only if the server owes them without more input: up
+                    // to the last ReadyForQuery owed (PostgreSQL flushes there).
+                    if !self.pending.has_block_end() || self.server.is_none() {
                         return End::ClientGone;
                     }
                     self.terminating = true;
@@ -175,10 +171,7 @@ impl Session {
                 Err(e) => return End::Fatal(e),
             }
             if self.server_broken {
-                return End::Fatal(PgError::fatal(
-                    "08006",
-                    "pgward: server connection lost; the transaction was aborted",
-                ));
+                return self.server_lost();
             }
             self.maybe_release();
             // Between transactions, a shutdown ends the session (checked at every wake-up;
@@ -209,12 +202,21 @@ impl Session {
                     // Deliver whatever the server said last (e.g. a FATAL 57P01) first.
                     let _ = self.process_server();
                     self.server_broken = true;
-                    return End::Fatal(PgError::fatal(
-                        "08006",
-                        "pgward: server connection lost; the transaction was aborted",
-                    ));
+                    return self.server_lost();
                 }
             }
+        }
+    }
+
+    /// The server connection is gone or unusable: the client gets one FATAL, PostgreSQL's if
+    /// it sent one, else pgward's.
+    fn server_lost(&self) -> End {
+        match self.fatal_relayed {
+            true => End::ClientGone,
+            false => End::Fatal(PgError::fatal(
+                "08006",
+                "pgward: server connection lost; the transaction was aborted",
+            )),
         }
     }
 

@@ -2,6 +2,9 @@
 //! The client's names never reach the server; the definition's proxy-chosen name does.
 //! Each name also keeps the session effects of its text (T2): they are noted again at every
 //! Bind, since a statement re-executed in a later transaction has them again.
+//!
+//! In session mode the client's statements live on its own server connection under its own
+//! names; only what each does to the transaction is kept (`server::txn` needs it at Execute).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +15,8 @@ use crate::sql::classify::Flags;
 #[derive(Default)]
 pub struct ClientStatements {
     map: HashMap<Box<[u8]>, (Arc<StatementDef>, Flags)>,
+    /// Session mode: the flags of each named statement the client parsed.
+    session: HashMap<Box<[u8]>, Flags>,
 }
 
 /// Most named statements one client may hold (beyond: 53400 on Parse).
@@ -38,6 +43,18 @@ impl ClientStatements {
     }
     pub fn clear(&mut self) {
         self.map.clear();
+    }
+    /// Session mode: the client parsed `name` (beyond the bound, its effects are unknown).
+    pub fn note_session(&mut self, name: &[u8], flags: Flags) {
+        if self.session.len() < MAX_CLIENT_STATEMENTS || self.session.contains_key(name) {
+            self.session.insert(name.into(), flags);
+        }
+    }
+    pub fn session_effects(&self, name: &[u8]) -> Option<Flags> {
+        self.session.get(name).copied()
+    }
+    pub fn forget_session(&mut self, name: &[u8]) {
+        self.session.remove(name);
     }
     pub fn len(&self) -> usize {
         self.map.len()

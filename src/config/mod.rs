@@ -69,6 +69,20 @@ pub struct Database {
     pub upstream: Upstream,
     pub pool: PoolSettings,
     pub tenant_required: bool,
+    /// What to do when statements without a tenant context would run as a role that can
+    /// bypass row-level security (T5).
+    pub role_check: RoleCheck,
+}
+
+/// The check, at start and reload, of the role a statement without its tenant's context
+/// would run as (the baseline role, else the upstream login role).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleCheck {
+    /// Log a warning, show it in SHOW DATABASES and /ready.
+    Warn,
+    /// The same, and refuse tenant clients of that database.
+    Strict,
+    Off,
 }
 
 #[derive(Debug)]

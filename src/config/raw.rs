@@ -129,6 +129,13 @@ pub struct RawDatabase {
     pub mode: Option<String>,
     #[serde(default, alias = "required")]
     pub tenant_required: bool,
+    /// Role the server connections take at session level (fail closed, T5).
+    #[serde(default)]
+    pub baseline_role: Option<String>,
+    /// "warn" (default), "strict" or "off": the check of the role context-less statements
+    /// run as.
+    #[serde(default)]
+    pub role_check: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -318,7 +325,27 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         if !names.insert(d.name.clone()) {
             return Err(err(key("name"), format!("duplicate database {:?}", d.name)));
         }
-        let upstream = Upstream::parse(&d.upstream).map_err(|m| err(key("upstream"), m))?;
+        let mut upstream = Upstream::parse(&d.upstream).map_err(|m| err(key("upstream"), m))?;
+        if let Some(r) = &d.baseline_role {
+            if r.is_empty() || r.contains('\0') || r.eq_ignore_ascii_case("none") {
+                return Err(err(
+                    key("baseline_role"),
+                    format!("{r:?}: must name a role"),
+                ));
+            }
+            upstream.baseline_role = Some(r.clone());
+        }
+        let role_check = match d.role_check.as_deref() {
+            None | Some("warn") => RoleCheck::Warn,
+            Some("strict") => RoleCheck::Strict,
+            Some("off") => RoleCheck::Off,
+            Some(v) => {
+                return Err(err(
+                    key("role_check"),
+                    format!("{v:?}: must be \"warn\", \"strict\" or \"off\""),
+                ))
+            }
+        };
         let mut settings = pool.clone();
         if let Some(size) = d.pool_size {
             if size == 0 {
@@ -338,6 +365,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             upstream,
             pool: settings,
             tenant_required: d.tenant_required,
+            role_check,
         }));
     }
 

@@ -49,9 +49,26 @@ pub struct Upstream {
     pub sslrootcert: Option<PathBuf>,
     /// Set for pools of auth_query users: authenticate with the client's credentials.
     pub pass_through: Option<PassThrough>,
+    /// `baseline_role` of the database: the session's role from the startup packet on, so
+    /// that RESET ROLE, SET SESSION AUTHORIZATION DEFAULT and DISCARD ALL return to it.
+    pub baseline_role: Option<String>,
 }
 
 impl Upstream {
+    /// The `options` startup parameter for the baseline role, if any: `-c role=NAME`, with
+    /// spaces and backslashes escaped as PostgreSQL's options parser expects.
+    pub fn startup_options(&self) -> Option<String> {
+        let r = self.baseline_role.as_ref()?;
+        let mut v = String::from("-c role=");
+        for c in r.chars() {
+            if c == ' ' || c == '\\' {
+                v.push('\\');
+            }
+            v.push(c);
+        }
+        Some(v)
+    }
+
     pub fn parse(s: &str) -> Result<Upstream, String> {
         let url = url::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
@@ -90,6 +107,7 @@ impl Upstream {
             sslmode: SslMode::Prefer,
             sslrootcert: None,
             pass_through: None,
+            baseline_role: None,
         };
         for (k, v) in url.query_pairs() {
             match &*k {

@@ -199,6 +199,10 @@ fn describe() {
         "Session state reset or pinned, by kind"
     );
     describe_counter!(
+        "pgward_txn_model_misses_total",
+        "Answers from PostgreSQL that contradicted pgward's model of where its transaction boundaries are (expected: 0)"
+    );
+    describe_counter!(
         "pgward_rejected_statements_total",
         "Statements refused by the proxy, by reason"
     );
@@ -334,6 +338,12 @@ pub fn prepared(hit: bool) {
 
 pub fn session_reset(kind: &'static str) {
     counter!("pgward_session_resets_total", "kind" => kind).increment(1);
+}
+
+/// The server contradicted the transaction model (`server::txn`); the model fell back to
+/// assuming no tenant context. Expected to stay 0: a non-zero value is a bug to report.
+pub fn txn_model_miss() {
+    counter!("pgward_txn_model_misses_total").increment(1);
 }
 
 pub fn rejected(reason: &'static str) {

@@ -103,10 +103,11 @@ pub fn put_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
     out.extend_from_slice(b"\0");
 }
 
-/// Bind of text parameters to the unnamed portal, all results in text.
-pub fn put_bind_text(out: &mut BytesMut, stmt: &[u8], params: &[&[u8]]) {
+/// Bind of text parameters to `portal`, all results in text.
+pub fn put_bind_text(out: &mut BytesMut, portal: &[u8], stmt: &[u8], params: &[&[u8]]) {
     let mut body = Vec::with_capacity(16 + params.iter().map(|p| p.len() + 4).sum::<usize>());
-    body.push(0); // unnamed portal
+    body.extend_from_slice(portal);
+    body.push(0);
     body.extend_from_slice(stmt);
     body.push(0);
     body.extend_from_slice(&0i16.to_be_bytes()); // all parameters text
@@ -119,9 +120,23 @@ pub fn put_bind_text(out: &mut BytesMut, stmt: &[u8], params: &[&[u8]]) {
     put_frame(out, b'B', &body);
 }
 
-/// Execute of the unnamed portal, all rows.
-pub fn put_execute_unnamed(out: &mut BytesMut) {
-    out.extend_from_slice(b"E\0\0\0\x09\0\0\0\0\0");
+/// Execute of `portal`, all rows.
+pub fn put_execute(out: &mut BytesMut, portal: &[u8]) {
+    let mut body = Vec::with_capacity(portal.len() + 5);
+    body.extend_from_slice(portal);
+    body.push(0);
+    body.extend_from_slice(&0i32.to_be_bytes());
+    put_frame(out, b'E', &body);
+}
+
+/// The portal name of an Execute message body.
+pub fn execute_portal(body: &[u8]) -> Option<&[u8]> {
+    let end = body.iter().position(|&b| b == 0)?;
+    (body.len() == end + 5).then(|| &body[..end])
+}
+
+pub fn put_flush(out: &mut BytesMut) {
+    out.extend_from_slice(b"H\0\0\0\x04");
 }
 
 pub fn put_sync(out: &mut BytesMut) {

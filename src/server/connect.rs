@@ -44,7 +44,12 @@ pub async fn connect(up: &Upstream, id: u64) -> Result<ServerConn, ServerError> 
     let tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
     tcp.set_nodelay(true)?;
     let mut stream = crate::net::tls::connect_upstream(tcp, up).await?;
-    let startup = encode_startup(&[("user", &up.user), ("database", &up.dbname)]);
+    let options = up.startup_options();
+    let mut params = vec![("user", up.user.as_str()), ("database", up.dbname.as_str())];
+    if let Some(o) = &options {
+        params.push(("options", o.as_str()));
+    }
+    let startup = encode_startup(&params);
     write_all(&mut stream, &startup).await?;
 
     let mut buf = BytesMut::with_capacity(1024);

@@ -7,6 +7,7 @@ pub mod params;
 pub mod pending;
 pub mod prepared;
 pub mod query;
+pub mod txn;
 
 use std::time::Instant;
 

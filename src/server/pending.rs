@@ -54,6 +54,9 @@ pub enum Action {
     Forward,
     /// The proxy's own request: its responses are dropped, except errors.
     Swallow,
+    /// The tenant context at session level, sent before a statement that cannot run in a
+    /// transaction block (dropped like `Swallow`); its ReadyForQuery confirms it.
+    SessionContext,
     /// Applying the client's startup parameters (dropped like `Swallow`). An error means the
     /// client's parameters are invalid (PostgreSQL would have refused the connection): the
     /// client gets it as FATAL and the server connection, in an unknown state, is closed.
@@ -77,12 +80,39 @@ pub struct Unit {
     pub sent: Option<Instant>,
     /// The statement's text, kept only when query statistics or the slow log need it.
     pub text: Option<crate::querystats::QueryText>,
-    /// Shared statement this Bind/Describe uses (invalidated if its plan went stale).
+    /// Shared statement this Bind/Describe uses (invalidated if its plan went stale), and the
+    /// client's name for it (errors name that, not the proxy's).
     pub uses: Option<u64>,
+    pub alias: Option<Box<[u8]>>,
     /// How many CopyDone/CopyFail the client had sent when this request was sent.
     pub copy_epoch: u32,
     /// The statement's command as its text says (Query, Execute): its label if it fails.
     pub guess: crate::metrics::Command,
+    /// Position of the request in the transaction model (`server::txn`): its answer narrows
+    /// the model there.
+    pub seq: u32,
+    /// A tenant-context statement this Parse creates (`ServerConn::ctx_prepared` bit), undone
+    /// if it fails or is skipped.
+    pub ctx_bit: u64,
+}
+
+impl Unit {
+    pub fn new(kind: Kind, action: Action, seq: u32) -> Unit {
+        Unit {
+            kind,
+            action,
+            stmt: None,
+            name: None,
+            sent: None,
+            text: None,
+            uses: None,
+            alias: None,
+            copy_epoch: 0,
+            guess: crate::metrics::Command::Other,
+            seq,
+            ctx_bit: 0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -108,18 +138,8 @@ impl Pending {
     }
 
     #[inline]
-    pub fn push(&mut self, kind: Kind, action: Action) {
-        self.q.push_back(Unit {
-            copy_epoch: self.copy_epoch,
-            kind,
-            action,
-            stmt: None,
-            name: None,
-            sent: None,
-            text: None,
-            uses: None,
-            guess: crate::metrics::Command::Other,
-        });
+    pub fn push(&mut self, kind: Kind, action: Action, seq: u32) {
+        self.push_unit(Unit::new(kind, action, seq));
     }
     #[inline]
     pub fn push_unit(&mut self, mut unit: Unit) {
@@ -146,9 +166,23 @@ impl Pending {
     pub fn pop(&mut self) -> Option<Unit> {
         self.q.pop_front()
     }
-    /// Any request whose answer is still a ReadyForQuery?
+    /// Any request of the server's whose answer is still a ReadyForQuery?
     pub fn has_block_end(&self) -> bool {
-        self.q.iter().any(|u| u.kind.ends_block())
+        self.q
+            .iter()
+            .any(|u| u.kind.ends_block() && !matches!(u.action, Action::Synthesize(_)))
+    }
+    /// A Parse creating the client's statement `name` is still unanswered.
+    pub fn parse_pending(&self, name: &[u8]) -> bool {
+        self.q
+            .iter()
+            .any(|u| u.kind == Kind::Parse && u.name.as_deref() == Some(name))
+    }
+    /// Nothing owed by the server (only proxy-made answers waiting for their turn, if any).
+    pub fn nothing_owed(&self) -> bool {
+        self.q
+            .iter()
+            .all(|u| matches!(u.action, Action::Synthesize(_)))
     }
     /// Pop the synthesized units now at the front, handing their bytes to `emit`.
     #[inline]
@@ -231,20 +265,13 @@ mod tests {
     #[test]
     fn skip_and_synthesize() {
         let mut p = Pending::default();
-        p.push(Kind::Parse, Action::Forward);
-        p.push(Kind::Bind, Action::Synthesize(Bytes::from_static(b"2")));
+        p.push(Kind::Parse, Action::Forward, 0);
+        p.push(Kind::Bind, Action::Synthesize(Bytes::from_static(b"2")), 0);
         p.push_unit(Unit {
-            kind: Kind::Parse,
-            action: Action::Forward,
             stmt: Some(9),
-            name: None,
-            sent: None,
-            text: None,
-            uses: None,
-            copy_epoch: 0,
-            guess: crate::metrics::Command::Other,
+            ..Unit::new(Kind::Parse, Action::Forward, 0)
         });
-        p.push(Kind::Sync, Action::Forward);
+        p.push(Kind::Sync, Action::Forward, 0);
         p.pop();
         let mut undone = vec![];
         assert_eq!(
@@ -255,18 +282,18 @@ mod tests {
         assert_eq!(p.len(), 1);
         // A Query or FunctionCall after the failed request is skipped by the server too.
         let mut p = Pending::default();
-        p.push(Kind::Execute, Action::Forward);
-        p.push(Kind::FunctionCall, Action::Forward);
-        p.push(Kind::Query, Action::Forward);
-        p.push(Kind::Sync, Action::Forward);
+        p.push(Kind::Execute, Action::Forward, 0);
+        p.push(Kind::FunctionCall, Action::Forward, 0);
+        p.push(Kind::Query, Action::Forward, 0);
+        p.push(Kind::Sync, Action::Forward, 0);
         p.pop();
         assert_eq!(p.skip_to_block_end(true, |_| {}), Some(Kind::Sync));
         assert_eq!(p.len(), 1);
         let mut p = Pending::default();
-        p.push(Kind::Query, Action::Forward);
+        p.push(Kind::Query, Action::Forward, 0);
         assert_eq!(p.skip_to_block_end(false, |_| {}), Some(Kind::Query));
         let mut p = Pending::default();
-        p.push(Kind::Close, Action::Synthesize(Bytes::from_static(b"3")));
+        p.push(Kind::Close, Action::Synthesize(Bytes::from_static(b"3")), 0);
         let mut out = vec![];
         p.drain_synthesized(|b| out.extend_from_slice(b));
         assert_eq!(out, b"3");

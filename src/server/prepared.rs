@@ -139,7 +139,8 @@ impl ServerStatements {
         self.map.remove(&id);
         self.generations.remove(&id);
     }
-    /// The statement exists on the server but must be closed and prepared again.
+    /// The statement may exist on the server but must be closed and prepared again (Close of
+    /// a statement that does not exist is not an error).
     pub fn invalidate(&mut self, id: u64) {
         self.generations.remove(&id);
         if let Some((_, d)) = self.map.remove(&id) {

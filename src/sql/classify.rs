@@ -119,6 +119,9 @@ impl Flags {
     pub const COPY: Flags = Flags(1 << 14);
     /// A statement follows a transaction end (`COMMIT; SELECT …`) in the same text.
     pub const AFTER_TXN_END: Flags = Flags(1 << 15);
+    /// Transaction characteristics that PostgreSQL accepts only before the transaction's
+    /// first query: `BEGIN`/`START TRANSACTION` with modes, `SET TRANSACTION …`.
+    pub const TXN_MODES: Flags = Flags(1 << 16);
 
     /// True if every bit of `other` is set in `self`.
     pub const fn contains(self, other: Flags) -> bool {
@@ -1753,8 +1756,15 @@ impl<'a, 'p> Pass<'a, 'p> {
         let mut buf = [0u8; 16];
         match lower(self.text(t), &mut buf) {
             b"select" | b"with" | b"values" | b"table" => head.into_check = true,
-            b"begin" => self.flags |= Flags::TXN_BEGIN,
-            b"start" if c.eat_kw("transaction") => self.flags |= Flags::TXN_BEGIN,
+            b"begin" => {
+                if !c.eat_kw("work") {
+                    c.eat_kw("transaction");
+                }
+                self.flags |= Flags::TXN_BEGIN | self.modes(&mut c);
+            }
+            b"start" if c.eat_kw("transaction") => {
+                self.flags |= Flags::TXN_BEGIN | self.modes(&mut c)
+            }
             b"commit" => {
                 if c.eat_kw("prepared") {
                     self.flags |= Flags::TXN_END | Flags::NON_TXN;
@@ -1866,6 +1876,14 @@ impl<'a, 'p> Pass<'a, 'p> {
         head
     }
 
+    /// Anything after `BEGIN [WORK|TRANSACTION]` is a transaction mode.
+    fn modes(&self, c: &mut Cursor<'a>) -> Flags {
+        match c.next() {
+            Some(_) => Flags::TXN_MODES,
+            None => Flags::default(),
+        }
+    }
+
     /// `AND CHAIN` after COMMIT/END/ROLLBACK/ABORT starts a new transaction at once.
     fn chain(&self, c: &mut Cursor<'a>) -> Flags {
         while let Some(t) = c.next() {
@@ -1946,6 +1964,7 @@ impl<'a, 'p> Pass<'a, 'p> {
                     return self.transaction_modes(c, DEFAULT_TXN_SETTINGS, session)
                 }
                 b"transaction" if !generic_follows => {
+                    self.flags |= Flags::TXN_MODES;
                     if !c.peek_kw("snapshot") {
                         self.transaction_modes(c, TXN_SETTINGS, false);
                     }
@@ -2375,11 +2394,22 @@ mod tests {
         for sql in [
             "BEGIN",
             "begin work",
-            "BEGIN ISOLATION LEVEL SERIALIZABLE",
-            "START TRANSACTION READ ONLY",
+            "BEGIN TRANSACTION;",
+            "START TRANSACTION",
         ] {
             assert_eq!(flags(sql), Flags::TXN_BEGIN, "{sql}");
         }
+        for sql in [
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "START TRANSACTION READ ONLY",
+            "begin work deferrable",
+        ] {
+            assert_eq!(flags(sql), Flags::TXN_BEGIN | Flags::TXN_MODES, "{sql}");
+        }
+        assert_eq!(
+            flags("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
+            Flags::TXN_MODES
+        );
         assert!(flags("START").is_empty());
         assert!(flags("SELECT begin FROM t").is_empty());
         assert_eq!(flags("DO $$ BEGIN PERFORM 1; END $$"), Flags::UNCERTAIN);
@@ -2532,12 +2562,16 @@ mod tests {
         for sql in [
             "SET LOCAL work_mem = '1MB'",
             "SET LOCAL TIME ZONE 'UTC'",
-            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
             "SET CONSTRAINTS ALL DEFERRED",
-            "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'",
             "SHOW search_path",
         ] {
             assert!(flags(sql).is_empty(), "{sql}");
+        }
+        for sql in [
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'",
+        ] {
+            assert_eq!(flags(sql), Flags::TXN_MODES, "{sql}");
         }
     }
 

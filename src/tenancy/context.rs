@@ -1,16 +1,22 @@
 //! A tenant's context as bytes ready to send: computed once per tenant per configuration.
 //!
-//! Per transaction (T1) the proxy sends, pipelined before the client's first message of the
-//! transaction and without a Sync:
+//! Per transaction (T1) the proxy sends, pipelined before the client's message that needs it
+//! and without a Sync:
 //!   [Parse pgward_ctx_N]  Bind(pgward_ctx_N, name1, value1, …)  Execute
 //! where `pgward_ctx_N` is `SELECT pg_catalog.set_config($1, $2, true), …` for N pairs. The
 //! values travel as Bind parameters, so no quoting can break out. `set_config(…, true)` is
 //! SET LOCAL: it ends with the transaction the client's statements run in (a simple Query
 //! continues the implicit transaction the Execute started; an extended block ends at Sync).
-//! The responses (ParseComplete, BindComplete, DataRow, CommandComplete) are swallowed.
+//! The responses (ParseComplete, BindComplete, DataRow, CommandComplete) are swallowed. When
+//! the server is idle the unnamed portal carries it (no client portal can exist); inside a
+//! transaction a named portal is used and closed, so a client's suspended unnamed portal
+//! survives. When to send it is decided by `server::txn`.
 //!
-//! For statements that cannot run in a transaction block (T4) the same values are set at
-//! session level by a separate Query first, and reset when the transaction ends.
+//! Statements that may commit inside themselves (CALL, DO) and Queries that end their
+//! transaction part-way get the same values at session level (`set_config(…, false)`,
+//! statement `pgward_ctxs_N`), inline the same way, so they survive that commit. Statements
+//! that cannot run in a transaction block (T4) get them at session level by a separate Query
+//! first. Both are reset when the server connection is released.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
@@ -19,19 +25,17 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::config::{Config, Tenant};
-use crate::protocol::frontend::{put_bind_text, put_execute_unnamed, put_parse, put_query};
+use crate::protocol::frontend::{put_bind_text, put_execute, put_parse, put_query, put_target};
 use crate::server::params::{quote_ident, set_config_select};
 
 pub struct TenantCtx {
     pub tenant: Arc<Tenant>,
     /// Number of (name, value) pairs; 0 means nothing to inject.
     pub pairs: usize,
-    /// Bit for `ServerConn::ctx_prepared`.
-    pub stmt_bit: u64,
-    /// Parse frame of `pgward_ctx_N`.
-    pub parse: Bytes,
-    /// Bind + Execute frames.
-    pub bind_execute: Bytes,
+    /// The context in the current transaction (`set_config(…, true)`).
+    pub local: CtxFrames,
+    /// The context at session level, inline (`set_config(…, false)`).
+    pub session: CtxFrames,
     /// Query frame applying the context at session level (T4).
     pub session_query: Bytes,
     /// SQL undoing `session_query`.
@@ -49,10 +53,47 @@ impl TenantCtx {
     }
 }
 
+/// The frames that set a context by the extended protocol.
+pub struct CtxFrames {
+    /// Bit for `ServerConn::ctx_prepared`: the statement exists on that connection.
+    pub bit: u64,
+    /// Parse frame of the statement.
+    pub parse: Bytes,
+    /// Bind + Execute on the unnamed portal.
+    pub unnamed: Bytes,
+    /// Bind + Execute + Close on the portal `pgward_ctx`.
+    pub named: Bytes,
+}
+
+/// The portal of a context sent inside a transaction.
+const CTX_PORTAL: &[u8] = b"pgward_ctx";
+
+fn ctx_frames(stmt_name: &str, sql: &str, params: &[&[u8]], bit: u64) -> CtxFrames {
+    let mut def = sql.as_bytes().to_vec();
+    def.push(0);
+    def.extend_from_slice(&0i16.to_be_bytes());
+    let mut parse = BytesMut::new();
+    put_parse(&mut parse, stmt_name.as_bytes(), &def);
+    let mut unnamed = BytesMut::new();
+    put_bind_text(&mut unnamed, b"", stmt_name.as_bytes(), params);
+    put_execute(&mut unnamed, b"");
+    let mut named = BytesMut::new();
+    put_bind_text(&mut named, CTX_PORTAL, stmt_name.as_bytes(), params);
+    put_execute(&mut named, CTX_PORTAL);
+    put_target(&mut named, b'C', b'P', CTX_PORTAL);
+    CtxFrames {
+        bit,
+        parse: parse.freeze(),
+        unnamed: unnamed.freeze(),
+        named: named.freeze(),
+    }
+}
+
 /// The contexts of every configured tenant.
 #[derive(Default)]
 pub struct TenantContexts {
     by_id: HashMap<String, Arc<TenantCtx>>,
+    plain: HashMap<String, Arc<TenantCtx>>,
 }
 
 impl TenantContexts {
@@ -71,19 +112,46 @@ impl TenantContexts {
                 .flat_map(|t| t.settings.keys().cloned())
                 .collect(),
         );
+        let baseline = |db: &str| {
+            cfg.database(db)
+                .is_some_and(|d| d.upstream.baseline_role.is_some())
+        };
         let by_id = all
             .into_iter()
             .map(|(id, t)| {
+                let ctx = build_one(t.clone(), protected.clone(), baseline(&t.database));
+                (id.to_string(), Arc::new(ctx))
+            })
+            .collect();
+        // Plain clients of a database with a baseline role run as the login role in each
+        // transaction: that is their context.
+        let plain = cfg
+            .databases
+            .iter()
+            .filter(|d| d.upstream.baseline_role.is_some())
+            .map(|d| {
+                let t = Arc::new(Tenant {
+                    id: String::new(),
+                    database: d.name.clone(),
+                    search_path: Vec::new(),
+                    settings: Default::default(),
+                    role: None,
+                    users: None,
+                });
                 (
-                    id.to_string(),
-                    Arc::new(build_one(t.clone(), protected.clone())),
+                    d.name.clone(),
+                    Arc::new(build_one(t, protected.clone(), true)),
                 )
             })
             .collect();
-        TenantContexts { by_id }
+        TenantContexts { by_id, plain }
     }
     pub fn get(&self, id: &str) -> Option<&Arc<TenantCtx>> {
         self.by_id.get(id)
+    }
+    /// The context of plain (tenant-less) clients of `database`, if it has one.
+    pub fn plain(&self, database: &str) -> Option<&Arc<TenantCtx>> {
+        self.plain.get(database)
     }
     pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
         self.by_id.get(id).map(|c| c.tenant.clone())
@@ -124,7 +192,9 @@ pub fn search_path_value(schemas: &[String]) -> String {
         .join(", ")
 }
 
-pub fn build_one(t: Arc<Tenant>, protected: Arc<BTreeSet<String>>) -> TenantCtx {
+/// `baseline`: the tenant's database has a baseline role, so a tenant without a role of its
+/// own runs as the login role (`role = none`) per transaction, not as the baseline.
+pub fn build_one(t: Arc<Tenant>, protected: Arc<BTreeSet<String>>, baseline: bool) -> TenantCtx {
     let mut pairs: Vec<(String, String)> = Vec::new();
     if !t.search_path.is_empty() {
         pairs.push(("search_path".into(), search_path_value(&t.search_path)));
@@ -132,36 +202,45 @@ pub fn build_one(t: Arc<Tenant>, protected: Arc<BTreeSet<String>>) -> TenantCtx 
     for (k, v) in &t.settings {
         pairs.push((k.clone(), v.clone()));
     }
-    if let Some(r) = &t.role {
-        pairs.push(("role".into(), r.clone()));
+    match &t.role {
+        Some(r) => pairs.push(("role".into(), r.clone())),
+        None if baseline => pairs.push(("role".into(), "none".into())),
+        None => {}
     }
     let n = pairs.len();
-    let stmt_name = format!("pgward_ctx_{n}");
-    let mut sql = String::from("SELECT ");
-    for i in 0..n {
-        if i > 0 {
-            sql.push_str(", ");
+    let select = |local: bool| {
+        let mut sql = String::from("SELECT ");
+        for i in 0..n {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(
+                sql,
+                "pg_catalog.set_config(${}, ${}, {local})",
+                2 * i + 1,
+                2 * i + 2
+            );
         }
-        let _ = write!(
-            sql,
-            "pg_catalog.set_config(${}, ${}, true)",
-            2 * i + 1,
-            2 * i + 2
-        );
-    }
-    let mut def = sql.into_bytes();
-    def.push(0);
-    def.extend_from_slice(&0i16.to_be_bytes());
-    let mut parse = BytesMut::new();
-    put_parse(&mut parse, stmt_name.as_bytes(), &def);
-
+        sql
+    };
     let params: Vec<&[u8]> = pairs
         .iter()
         .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()])
         .collect();
-    let mut bind_execute = BytesMut::new();
-    put_bind_text(&mut bind_execute, stmt_name.as_bytes(), &params);
-    put_execute_unnamed(&mut bind_execute);
+    // One statement per pair count, shared by every tenant with that many pairs.
+    let bits = n.min(31) as u32;
+    let local = ctx_frames(
+        &format!("pgward_ctx_{n}"),
+        &select(true),
+        &params,
+        1u64 << bits,
+    );
+    let session = ctx_frames(
+        &format!("pgward_ctxs_{n}"),
+        &select(false),
+        &params,
+        1u64 << (32 + bits),
+    );
 
     let session_sql = set_config_select(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), false);
     let reset_sql: String = pairs
@@ -175,9 +254,8 @@ pub fn build_one(t: Arc<Tenant>, protected: Arc<BTreeSet<String>>) -> TenantCtx 
         plan_context: search_path_value(&t.search_path),
         tenant: t,
         pairs: n,
-        stmt_bit: 1u64 << n.min(63),
-        parse: parse.freeze(),
-        bind_execute: bind_execute.freeze(),
+        local,
+        session,
         session_query: session_query.freeze(),
         reset_sql,
         protected,
@@ -214,12 +292,19 @@ mod tests {
             role: Some("r".into()),
             users: None,
         });
-        let c = build_one(t, Arc::new(BTreeSet::from(["app.tenant_id".to_string()])));
+        let c = build_one(
+            t,
+            Arc::new(BTreeSet::from(["app.tenant_id".to_string()])),
+            false,
+        );
         assert_eq!(c.pairs, 3);
-        assert_eq!(c.parse[0], b'P');
-        assert!(String::from_utf8_lossy(&c.parse).contains("set_config($5, $6, true)"));
-        assert_eq!(c.bind_execute[0], b'B');
-        assert!(c.bind_execute.ends_with(b"E\0\0\0\x09\0\0\0\0\0"));
+        assert_eq!(c.local.parse[0], b'P');
+        assert!(String::from_utf8_lossy(&c.local.parse).contains("set_config($5, $6, true)"));
+        assert!(String::from_utf8_lossy(&c.session.parse).contains("set_config($5, $6, false)"));
+        assert_eq!(c.local.unnamed[0], b'B');
+        assert!(c.local.unnamed.ends_with(b"E\0\0\0\x09\0\0\0\0\0"));
+        assert!(c.local.named.ends_with(b"C\0\0\0\x10Ppgward_ctx\0"));
+        assert_ne!(c.local.bit, c.session.bit);
         assert!(String::from_utf8_lossy(&c.session_query).contains("E'it''s'"));
         assert_eq!(
             c.reset_sql,

@@ -1,8 +1,10 @@
 //! Tenancy: which tenant a client selected ([`resolve`]), the per-transaction context that is
 //! injected for it ([`context`]), and the statement guard (T3) and session-state tracking (T2)
-//! built on the SQL classifier.
+//! built on the SQL classifier, and the check of what a statement without its context would
+//! run as ([`posture`], T5).
 
 pub mod context;
+pub mod posture;
 pub mod resolve;
 pub mod source;
 

@@ -47,6 +47,7 @@ pub async fn refresh(shared: &Shared, cfg: &Config, tq: &TenantQuery) {
             shared
                 .tenants
                 .store(Arc::new(TenantContexts::build(cfg, &loaded)));
+            shared.posture_recheck.notify_one();
             shared.loaded_tenants.store(Arc::new(loaded));
             metrics::gauge!("pgward_tenants_loaded").set(n as f64);
             tracing::debug!(tenants = n, "tenant registry refreshed");

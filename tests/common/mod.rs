@@ -3,6 +3,8 @@
 //! psql, pgbench).
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -387,4 +389,22 @@ pub fn pool_waits(h: &Harness) -> (u64, u64) {
         get("cl_waiting"),
         get("maxwait") * 1_000_000 + get("maxwait_us"),
     )
+}
+
+/// GET `path` from pgward's HTTP listener: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
 }

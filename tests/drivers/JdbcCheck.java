@@ -1,6 +1,10 @@
 // PostgreSQL JDBC (pgjdbc) through pgward in transaction mode.
 //
-// Usage: java -cp postgresql.jar JdbcCheck.java PLAIN_URL ACME_URL GLOBEX_URL
+// Usage: java -cp postgresql.jar JdbcCheck.java PLAIN_URL ACME_URL GLOBEX_URL [bulk-context]
+//
+// With `bulk-context`: CopyManager copyIn/copyOut and a batch as tenant globex, each followed
+// by checks of the tenant context (search_path, app.tenant_id, role) and that tenant acme's
+// table is not readable.
 //
 // The URLs are postgres:// URLs (plain dbname `app`, tenants acme and globex by database
 // alias). Checks server-side prepared statements (prepareThreshold=1: every statement is a
@@ -180,8 +184,68 @@ public class JdbcCheck {
         ex.shutdown();
     }
 
+    /** The statements after `after` run with tenant globex's context and cannot read acme's table. */
+    static void contextHolds(Connection c, String after) throws Exception {
+        try (Statement s = c.createStatement();
+             ResultSet rs = s.executeQuery("SELECT current_setting('search_path'), current_user, current_setting('app.tenant_id', true)")) {
+            check(rs.next(), "a context row");
+            String got = rs.getString(1) + "|" + rs.getString(2) + "|" + rs.getString(3);
+            check(got.equals("globex, public|tenant_globex|globex"), "after " + after + ": context " + got);
+        }
+        try (Statement s = c.createStatement()) {
+            expectState(s, "SELECT count(*) FROM acme.items", "42501");
+        }
+        if (!c.getAutoCommit()) c.rollback();
+        queries.addAndGet(2);
+    }
+
+    /** CopyManager copyIn/copyOut and a batch as tenant globex, each followed by the context checks. */
+    static void bulkContext(String globex) throws Exception {
+        try (Connection c = DriverManager.getConnection(jdbc(globex, "&prepareThreshold=1"))) {
+            org.postgresql.copy.CopyManager cm = c.unwrap(org.postgresql.PGConnection.class).getCopyAPI();
+            for (int round = 0; round < 3; round++) {
+                StringBuilder rows = new StringBuilder();
+                for (int i = 0; i < 40; i++) rows.append(1000 + i).append("\tjdbc\n");
+                long n = cm.copyIn("COPY items (id, name) FROM STDIN", new java.io.StringReader(rows.toString()));
+                check(n == 40, "copyIn rows " + n);
+                contextHolds(c, "CopyManager.copyIn");
+                java.io.StringWriter out = new java.io.StringWriter();
+                cm.copyOut("COPY (SELECT current_user, id FROM items WHERE id >= 1000) TO STDOUT", out);
+                check(out.toString().lines().count() == 40 && out.toString().lines().allMatch(l -> l.startsWith("tenant_globex\t")),
+                        "copyOut ran without the context: " + out.toString().lines().findFirst().orElse(""));
+                contextHolds(c, "CopyManager.copyOut");
+                c.setAutoCommit(false);
+                try (PreparedStatement ins = c.prepareStatement("INSERT INTO items (id, name) VALUES (?, ?)")) {
+                    for (int i = 0; i < 50; i++) {
+                        ins.setInt(1, 2000 + i);
+                        ins.setString(2, "batch");
+                        ins.addBatch();
+                    }
+                    check(ins.executeBatch().length == 50, "batch of 50");
+                }
+                c.commit();
+                contextHolds(c, "a batch");
+                c.setAutoCommit(true);
+                try (Statement s = c.createStatement()) {
+                    s.execute("DELETE FROM items WHERE id >= 1000");
+                }
+                contextHolds(c, "autocommit again");
+                queries.addAndGet(6);
+            }
+        }
+    }
+
     public static void main(String[] a) throws Exception {
         String plain = a[0], acme = a[1], globex = a[2];
+        if (a.length > 3 && a[3].equals("bulk-context")) {
+            run("bulk context", () -> bulkContext(globex));
+            if (!failures.isEmpty()) {
+                for (String f : failures) System.err.println("  " + f);
+                System.exit(1);
+            }
+            System.out.println(driver + ": tenant context after CopyManager copyIn/copyOut and a batch, " + queries.get() + " queries");
+            return;
+        }
         run("plain", () -> plain(plain));
         run("acme", () -> tenant(acme, "acme", "acme-one,acme-two", "pgward", "anvil"));
         run("globex", () -> tenant(globex, "globex", "globex-one", "tenant_globex", "device"));

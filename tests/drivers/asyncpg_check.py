@@ -30,6 +30,12 @@ Phases:
                  connection preparing `SELECT $1::type` must see the new type.
   tenant-pool    an asyncpg Pool on a tenant URL: asyncpg's reset on release sends
                  `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`.
+  bulk-context   as tenant globex (its own role): every bulk and streaming path
+                 (copy_records_to_table, copy_to_table, copy_from_table, copy_from_query,
+                 executemany, a cursor in a transaction) followed by statements that must
+                 show the tenant's search_path, app.tenant_id and role, and must not read
+                 tenant acme's table (the issue: after asyncpg's COPY a statement ran as the
+                 pooler's login role).
 """
 
 import asyncio
@@ -442,12 +448,73 @@ async def phase_tenant_pool(plain_url, acme_url, globex_url, stats):
     return "tenant-pool: asyncpg pools on both tenants (reset on release)"
 
 
+CONTEXT_SQL = ("SELECT current_setting('search_path'), current_user, "
+               "current_setting('app.tenant_id', true)")
+GLOBEX_CONTEXT = ("globex, public", "tenant_globex", "globex")
+
+
+async def context_holds(conn, after, stats):
+    """The statements right after `after` run with globex's context, simple and extended."""
+    row = await conn.fetchrow(CONTEXT_SQL)
+    check(tuple(row) == GLOBEX_CONTEXT, f"after {after}: context {tuple(row)!r}")
+    n = await conn.fetchval("SELECT count(*) FROM items WHERE id >= $1", 0)
+    check(n >= 1, f"after {after}: items of globex: {n}")
+    try:
+        leaked = await conn.fetchval("SELECT count(*) FROM acme.items")
+        raise AssertionError(f"after {after}: read tenant acme's table ({leaked} rows)")
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    stats.queries += 3
+
+
+async def phase_bulk_context(plain_url, acme_url, globex_url, stats):
+    conn = await asyncpg.connect(globex_url)
+    try:
+        await context_holds(conn, "connect", stats)
+        for round_ in range(5):
+            records = [(1000 + i, f"c{i}") for i in range(50)]
+            res = await within(conn.copy_records_to_table("items", records=records, columns=["id", "name"]),
+                               20, "copy_records_to_table")
+            check(res == "COPY 50", f"copy_records_to_table: {res!r}")
+            await context_holds(conn, f"copy_records_to_table (round {round_})", stats)
+            out = io.BytesIO()
+            res = await within(conn.copy_from_table("items", output=out, columns=["id", "name"]), 20,
+                               "copy_from_table")
+            check(res.startswith("COPY"), f"copy_from_table: {res!r}")
+            await context_holds(conn, "copy_from_table", stats)
+            await conn.execute("DELETE FROM items WHERE id >= 1000")
+            res = await within(conn.copy_to_table("items", source=io.BytesIO(b"2000\tfrom-file\n")), 20,
+                               "copy_to_table")
+            check(res == "COPY 1", f"copy_to_table: {res!r}")
+            await context_holds(conn, "copy_to_table", stats)
+            out = io.BytesIO()
+            res = await within(conn.copy_from_query(CONTEXT_SQL, output=out), 20, "copy_from_query")
+            check(out.getvalue().decode() == "\t".join(GLOBEX_CONTEXT) + "\n",
+                  f"copy_from_query ran without the context: {out.getvalue()!r}")
+            await context_holds(conn, "copy_from_query", stats)
+            await conn.executemany("INSERT INTO items (id, name) VALUES ($1, $2)",
+                                   [(3000 + i, "many") for i in range(20)])
+            await context_holds(conn, "executemany", stats)
+            async with conn.transaction():
+                seen = [tuple(r) async for r in conn.cursor(
+                    "SELECT current_user, id FROM items WHERE id >= $1 ORDER BY id", 3000, prefetch=7)]
+                check(len(seen) == 20 and all(u == "tenant_globex" for u, _ in seen),
+                      f"cursor in a transaction: {seen[:3]!r}")
+                await context_holds(conn, "a cursor in a transaction", stats)
+            await context_holds(conn, "the transaction's end", stats)
+            await conn.execute("DELETE FROM items WHERE id >= 1000")
+    finally:
+        await conn.close()
+    return "bulk-context: the tenant context after every COPY path, executemany and a cursor (5 rounds)"
+
+
 PHASES = {
     "core": phase_core,
     "features": phase_features,
     "copy": phase_copy,
     "schema-change": phase_schema_change,
     "tenant-pool": phase_tenant_pool,
+    "bulk-context": phase_bulk_context,
 }
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """psycopg 3 through pgward in transaction mode.
 
-Usage: psycopg_check.py PLAIN_URL ACME_URL GLOBEX_URL
+Usage: psycopg_check.py PLAIN_URL ACME_URL GLOBEX_URL [bulk-context]
+
+With `bulk-context`, only the tenant-context checks after COPY, pipeline and server-side
+cursor paths run (as tenant globex).
 
 PLAIN_URL is a non-tenant database (dbname `app`), ACME_URL and GLOBEX_URL connect as the
 tenants acme and globex (dbname `acme` / `globex`). Checks server-side prepared statements
@@ -341,6 +344,84 @@ def tenant_pipeline_commit(acme_url, globex_url):
                 check(got == want, f"{tenant} pipeline round {round_}: {got!r}")
 
 
+CONTEXT_SQL = ("SELECT current_setting('search_path'), current_user, "
+               "current_setting('app.tenant_id', true)")
+GLOBEX_CONTEXT = ("globex, public", "tenant_globex", "globex")
+
+
+def context_holds(conn, after):
+    """The statements right after `after` run with globex's context (and its role)."""
+    row = conn.execute(CONTEXT_SQL).fetchone()
+    check(tuple(row) == GLOBEX_CONTEXT, f"after {after}: context {tuple(row)!r}")
+    try:
+        n = conn.execute("SELECT count(*) FROM acme.items").fetchone()[0]
+        raise AssertionError(f"after {after}: read tenant acme's table ({n} rows)")
+    except pgerr.InsufficientPrivilege:
+        if not conn.autocommit:
+            conn.rollback()
+    counts["queries"] += 2
+
+
+def tenant_bulk_context(globex_url):
+    """Every bulk and streaming path of psycopg as tenant globex, each followed by statements
+    that must show the tenant's context and must not read tenant acme's table."""
+    with psycopg.connect(globex_url, autocommit=True) as conn:
+        for round_ in range(3):
+            with conn.cursor().copy("COPY items (id, name) FROM STDIN") as cp:
+                for i in range(40):
+                    cp.write_row((1000 + i, f"c{i}"))
+            context_holds(conn, "COPY FROM STDIN (autocommit)")
+            with conn.cursor().copy("COPY (SELECT id, name FROM items ORDER BY id) TO STDOUT") as cp:
+                got = [r for r in cp.rows()]
+            check(len(got) == 41, f"COPY TO STDOUT rows: {len(got)}")
+            context_holds(conn, "COPY TO STDOUT (autocommit)")
+            with conn.transaction():
+                with conn.cursor().copy("COPY items (id, name) FROM STDIN (FORMAT binary)") as cp:
+                    cp.set_types(["int4", "text"])
+                    cp.write_row((2000, "binary"))
+                with conn.cursor().copy(f"COPY ({CONTEXT_SQL}) TO STDOUT") as cp:
+                    inside = [tuple(r) for r in cp.rows()]
+                check(inside == [GLOBEX_CONTEXT], f"COPY TO STDOUT in a transaction: {inside!r}")
+                row = conn.execute(CONTEXT_SQL).fetchone()
+                check(tuple(row) == GLOBEX_CONTEXT, f"after COPY in a transaction: {tuple(row)!r}")
+            context_holds(conn, "COPY in a transaction")
+            with conn.pipeline():
+                cs = [conn.execute(CONTEXT_SQL) for _ in range(3)]
+            for c in cs:
+                check(tuple(c.fetchone()) == GLOBEX_CONTEXT, "pipeline: context")
+            try:
+                with conn.pipeline():
+                    conn.execute("SELECT 1/0")
+                    conn.execute(CONTEXT_SQL)
+            except pgerr.DivisionByZero:
+                pass
+            context_holds(conn, "a pipeline whose first statement failed")
+            with conn.transaction():
+                with conn.cursor(name=f"srv{round_}") as sc:
+                    sc.itersize = 3
+                    sc.execute("SELECT current_user, id FROM items WHERE id >= %s ORDER BY id", (1000,))
+                    rows = list(sc)
+                check(len(rows) == 41 and all(u == "tenant_globex" for u, _ in rows),
+                      f"server-side cursor: {rows[:2]!r}")
+            context_holds(conn, "a server-side cursor")
+            conn.execute("DELETE FROM items WHERE id >= 1000")
+            counts["queries"] += 10
+    # the issue's hanging pipeline: a failing first statement, repeated, with other clients
+    with psycopg.connect(globex_url, autocommit=True) as conn:
+        for i in range(30):
+            with conn.pipeline():
+                cs = [conn.execute(CONTEXT_SQL) for _ in range(3)]
+            for c in cs:
+                check(tuple(c.fetchone()) == GLOBEX_CONTEXT, f"pipeline {i}: context")
+            try:
+                with conn.pipeline():
+                    conn.execute("SELECT 1/0")
+                    conn.execute(CONTEXT_SQL)
+            except pgerr.DivisionByZero:
+                pass
+            counts["queries"] += 5
+
+
 def main(plain_url, acme_url, globex_url):
     t0 = time.monotonic()
     run("prepared statements", prepared_statements, plain_url)
@@ -364,8 +445,23 @@ def main(plain_url, acme_url, globex_url):
     return 0
 
 
+def main_bulk_context(globex_url):
+    t0 = time.monotonic()
+    run("tenant context after bulk paths", tenant_bulk_context, globex_url)
+    if errors:
+        for e in errors:
+            print(f"  {e}", file=sys.stderr)
+        return 1
+    print(f"psycopg {psycopg.__version__}: OK: tenant context after COPY in/out (text, binary, in and out of "
+          f"transactions), pipelines (one failing), server-side cursors; {counts['queries']} queries, "
+          f"{time.monotonic() - t0:.1f}s")
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[4] == "bulk-context":
+        sys.exit(main_bulk_context(sys.argv[3]))
     if len(sys.argv) != 4:
-        print("usage: psycopg_check.py PLAIN_URL ACME_URL GLOBEX_URL", file=sys.stderr)
+        print("usage: psycopg_check.py PLAIN_URL ACME_URL GLOBEX_URL [bulk-context]", file=sys.stderr)
         sys.exit(2)
     sys.exit(main(*sys.argv[1:]))

@@ -1,0 +1,253 @@
+//! T5: what a statement that reached PostgreSQL without its tenant's context would run as.
+//!
+//! That is the database's `baseline_role` if it has one, else the upstream login role. It is
+//! checked for what would let such a statement read other tenants' rows: superuser,
+//! BYPASSRLS, ownership of tables (owners bypass row-level security unless it is FORCEd, and
+//! hold every privilege on them), and the privileges of a tenant's role (membership with
+//! INHERIT). The check runs at start, after every reload, and every minute until it
+//! succeeded once for the configuration; findings are logged as warnings, shown in
+//! `SHOW DATABASES` and on `/ready`, and with `role_check = "strict"` tenant clients of the
+//! database are refused until the check passes (unknown is the unsafe side).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use crate::config::{Database, RoleCheck};
+use crate::protocol::backend::PgError;
+use crate::proxy::Shared;
+use crate::server::params::quote_literal;
+
+/// The result for one database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Posture {
+    /// Not checked yet (or the check could not connect).
+    Unchecked(String),
+    /// The role cannot bypass tenant isolation by itself.
+    Safe { role: String },
+    /// What the role could do without a context.
+    Unsafe { role: String, problems: Vec<String> },
+}
+
+impl Posture {
+    /// One line for SHOW DATABASES and /ready.
+    pub fn summary(&self) -> String {
+        match self {
+            Posture::Unchecked(why) => format!("unchecked ({why})"),
+            Posture::Safe { role } => format!("ok (role {role})"),
+            Posture::Unsafe { role, problems } => {
+                format!("role {role}: {}", problems.join("; "))
+            }
+        }
+    }
+}
+
+/// Results by database name.
+#[derive(Default)]
+pub struct Postures(DashMap<String, Posture>);
+
+impl Postures {
+    pub fn get(&self, db: &str) -> Option<Posture> {
+        self.0.get(db).map(|p| p.clone())
+    }
+}
+
+/// Databases whose posture matters: they have tenants, or a baseline role.
+fn checked_databases(shared: &Shared) -> Vec<(Arc<Database>, Vec<String>)> {
+    let cfg = shared.config();
+    let tenants = shared.tenants.load();
+    cfg.databases
+        .iter()
+        .filter(|d| d.role_check != RoleCheck::Off)
+        .filter_map(|d| {
+            let of_db: Vec<_> = tenants
+                .sorted()
+                .into_iter()
+                .filter(|t| t.database == d.name)
+                .collect();
+            if of_db.is_empty() && d.upstream.baseline_role.is_none() {
+                return None;
+            }
+            let roles = of_db.iter().filter_map(|t| t.role.clone()).collect();
+            Some((d.clone(), roles))
+        })
+        .collect()
+}
+
+/// Check every database once; returns whether all checks ran (none is still Unchecked).
+pub async fn check_all(shared: &Arc<Shared>) -> bool {
+    let mut complete = true;
+    for (db, roles) in checked_databases(shared) {
+        let p = check(&db, &roles).await;
+        complete &= !matches!(p, Posture::Unchecked(_));
+        if let Posture::Unsafe { role, problems } = &p {
+            tracing::warn!(
+                database = %db.name,
+                %role,
+                problems = %problems.join("; "),
+                "statements that miss their tenant context would run as a role that can read other tenants' rows; see docs/tenancy.md (recommended setup)"
+            );
+        }
+        shared.postures.0.insert(db.name.clone(), p);
+    }
+    complete
+}
+
+/// The check loop: at start, on reload (`recheck`), and every minute until complete.
+pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let complete = check_all(&shared).await;
+            let wait = if complete {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_secs(60)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shared.posture_recheck.notified() => {}
+            }
+        }
+    })
+}
+
+/// With `role_check = "strict"`, why a tenant client of `db` is refused, if it is.
+pub fn refusal(shared: &Shared, db: &Database) -> Option<PgError> {
+    if db.role_check != RoleCheck::Strict {
+        return None;
+    }
+    let why = match shared.postures.get(&db.name) {
+        Some(Posture::Safe { .. }) => return None,
+        Some(p) => p.summary(),
+        None => "not checked yet".into(),
+    };
+    Some(PgError::fatal(
+        "28000",
+        format!(
+            "pgward: tenant clients of database \"{}\" are refused (role_check = \"strict\"): {why}",
+            db.name
+        ),
+    ))
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn check(db: &Database, tenant_roles: &[String]) -> Posture {
+    let run = async {
+        let mut conn = crate::server::connect(&db.upstream, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sql = posture_sql(tenant_roles);
+        match crate::server::query::first_row(&mut conn, sql.as_bytes()).await {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(()) => Err("connection lost during the check".into()),
+        }
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT, run).await {
+        Err(_) => Posture::Unchecked("timed out".into()),
+        Ok(Err(e)) => Posture::Unchecked(e),
+        Ok(Ok(row)) => judge(&row),
+    }
+}
+
+/// One row: role, superuser, bypassrls, tables owned, of which RLS-enabled and not forced,
+/// tenant roles whose privileges it has.
+fn posture_sql(tenant_roles: &[String]) -> String {
+    let roles = match tenant_roles.is_empty() {
+        true => "ARRAY[]::text[]".to_string(),
+        false => format!(
+            "ARRAY[{}]::text[]",
+            tenant_roles
+                .iter()
+                .map(|r| quote_literal(r))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    format!(
+        "SELECT r.rolname::text, r.rolsuper::text, r.rolbypassrls::text, \
+         (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          WHERE c.relowner = r.oid AND c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' \
+          AND n.nspname NOT LIKE 'pg\\_%')::text, \
+         (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          WHERE c.relowner = r.oid AND c.relkind IN ('r', 'p') AND c.relrowsecurity AND NOT c.relforcerowsecurity \
+          AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%')::text, \
+         (SELECT string_agg(t, ', ') FROM unnest({roles}) t \
+          WHERE t <> r.rolname AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles x WHERE x.rolname = t) \
+          AND pg_catalog.pg_has_role(r.oid, t, 'USAGE')) \
+         FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+    )
+}
+
+fn judge(row: &[Option<String>]) -> Posture {
+    let col = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let role = col(0);
+    let mut problems = Vec::new();
+    if col(1) == "true" {
+        problems.push("is a superuser (bypasses row-level security and every privilege)".into());
+    }
+    if col(2) == "true" {
+        problems.push("has BYPASSRLS".into());
+    }
+    let owned: u64 = col(3).parse().unwrap_or(0);
+    if owned > 0 {
+        let unforced: u64 = col(4).parse().unwrap_or(0);
+        problems.push(format!(
+            "owns {owned} table(s) (an owner holds every privilege on them{})",
+            match unforced {
+                0 => String::new(),
+                n => format!(
+                    " and bypasses row-level security on {n} without FORCE ROW LEVEL SECURITY"
+                ),
+            }
+        ));
+    }
+    let inherited = col(5);
+    if !inherited.is_empty() {
+        problems.push(format!(
+            "has the privileges of tenant role(s) {inherited} (make it NOINHERIT, or use a baseline_role)"
+        ));
+    }
+    match problems.is_empty() {
+        true => Posture::Safe { role },
+        false => Posture::Unsafe { role, problems },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: &[&str]) -> Vec<Option<String>> {
+        v.iter()
+            .map(|s| (!s.is_empty()).then(|| s.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn judging_a_role() {
+        assert_eq!(
+            judge(&row(&["nobody", "false", "false", "0", "0", ""])),
+            Posture::Safe {
+                role: "nobody".into()
+            }
+        );
+        let Posture::Unsafe { problems, .. } =
+            judge(&row(&["pgward", "true", "true", "3", "1", "tenant_a"]))
+        else {
+            panic!("unsafe expected");
+        };
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[2].contains("3 table(s)") && problems[2].contains("on 1 without FORCE"));
+        assert!(problems[3].contains("tenant_a"));
+    }
+
+    #[test]
+    fn roles_are_quoted() {
+        let sql = posture_sql(&["o'brien".into()]);
+        assert!(sql.contains("ARRAY[E'o''brien']::text[]"), "{sql}");
+        assert!(posture_sql(&[]).contains("ARRAY[]::text[]"));
+    }
+}
