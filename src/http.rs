@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use crate::proxy::Shared;
 
 /// An upstream is "recently" reachable if proven within this window.
-pub const READY_WINDOW: Duration = Duration::from_secs(30);
+pub const READY_WINDOW: Duration = Duration::from_secs(5);
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -79,8 +79,9 @@ fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Ok when every pool's upstream was proven reachable within [`READY_WINDOW`] and no
-/// connection attempt failed since.
+/// Ok when every pool's upstream answered within [`READY_WINDOW`] (a completed transaction or
+/// the maintenance task's `SELECT 1` probe) and no connection attempt or probe failed since.
+/// An open connection proves nothing: a frozen server keeps its sockets open.
 pub fn readiness(shared: &Shared) -> Result<(), String> {
     if shared.shutting_down.load(Ordering::Acquire) {
         return Err("shutting down".into());
@@ -90,18 +91,26 @@ pub fn readiness(shared: &Shared) -> Result<(), String> {
     for p in shared.pools.iter() {
         let last = p.last_ok_ms.load(Ordering::Relaxed);
         let failed_since = p.last_error_ms.load(Ordering::Relaxed) > last;
-        if last == 0 || failed_since || now.saturating_sub(last) > READY_WINDOW.as_millis() as u64 {
-            let why = p
-                .last_error
+        let error = || {
+            p.last_error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
-                .unwrap_or_else(|| "no successful connection yet".into());
-            bad.push(format!(
-                "database {}: upstream not reachable recently ({why})",
-                p.name()
-            ));
-        }
+                .unwrap_or_default()
+        };
+        let why = if last == 0 {
+            format!("no successful connection yet ({})", error())
+        } else if failed_since {
+            error()
+        } else if now.saturating_sub(last) > READY_WINDOW.as_millis() as u64 {
+            format!(
+                "nothing answered for {} s (every server connection busy, or the server stuck)",
+                now.saturating_sub(last) / 1000
+            )
+        } else {
+            continue;
+        };
+        bad.push(format!("database {}: {why}", p.name()));
     }
     if bad.is_empty() {
         Ok(())

@@ -39,7 +39,10 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     pub statements: Registry,
     pub clients: DashMap<u64, Arc<ClientInfo>>,
+    /// Clients from their startup packet on (`max_client_connections`).
     pub client_count: AtomicUsize,
+    /// Connections still logging in (`max_pending_logins`).
+    pub pending_logins: AtomicUsize,
     pub next_client: AtomicU64,
     pub started: Instant,
     pub shutting_down: AtomicBool,
@@ -83,6 +86,7 @@ impl Shared {
             statements: Registry::default(),
             clients: DashMap::new(),
             client_count: AtomicUsize::new(0),
+            pending_logins: AtomicUsize::new(0),
             next_client: AtomicU64::new(1),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),

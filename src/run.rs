@@ -41,8 +41,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     if config.metrics.enabled {
         crate::metrics::install(&config.metrics);
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = bind(config.listen, config.listen_backlog)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let http = match config.http_listen {
@@ -103,6 +102,17 @@ pub async fn start(config: Config) -> Result<Running, String> {
         http_addr,
         tasks,
     })
+}
+
+/// The client listener, with `listen_backlog` pending connections queued by the kernel.
+fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let sock = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(backlog)
 }
 
 /// Run in the foreground until SIGTERM/SIGINT or the admin SHUTDOWN; SIGHUP reloads.

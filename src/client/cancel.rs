@@ -117,29 +117,51 @@ impl CancelRegistry {
             tracing::debug!(pid, "cancel request for unknown key ignored");
             return;
         };
-        let Some(((db, spid, ssecret), _forwarding)) = slot.start() else {
-            // Nothing running on a server: a client waiting for one stops waiting.
-            slot.waiting.notify_waiters();
-            return;
-        };
-        let up = &db.upstream;
-        let r = async {
-            let tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
-            let mut s = crate::net::tls::connect_upstream(tcp, up)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            s.write_all(&encode_cancel(spid, ssecret)).await?;
-            s.flush().await?;
-            // PostgreSQL signals the backend, then closes: wait for that.
-            let mut sink = [0u8; 64];
-            while s.read(&mut sink).await? > 0 {}
-            Ok::<_, std::io::Error>(())
-        };
-        let r = tokio::time::timeout(CANCEL_TIMEOUT, r)
+        forward(slot).await;
+    }
+}
+
+/// Cancel what the slot's backend runs now, in the background (a statement past
+/// `query_timeout`: its server connection is closed, and PostgreSQL would otherwise run it to
+/// the end). The target is read at once, before the session detaches it.
+pub fn cancel_in_background(slot: &CancelSlot) {
+    let target = slot
+        .target
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some((db, pid, secret)) = target {
+        tokio::spawn(async move { send_cancel(&db, pid, secret).await });
+    }
+}
+
+async fn forward(slot: Arc<CancelSlot>) {
+    let Some(((db, spid, ssecret), _forwarding)) = slot.start() else {
+        // Nothing running on a server: a client waiting for one stops waiting.
+        slot.waiting.notify_waiters();
+        return;
+    };
+    send_cancel(&db, spid, ssecret).await;
+}
+
+async fn send_cancel(db: &Database, spid: i32, ssecret: i32) {
+    let up = &db.upstream;
+    let r = async {
+        let tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
+        let mut s = crate::net::tls::connect_upstream(tcp, up)
             .await
-            .unwrap_or_else(|_| Err(std::io::Error::other("timed out")));
-        if let Err(e) = r {
-            tracing::warn!(database = %db.name, error = %e, "forwarding cancel request failed");
-        }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        s.write_all(&encode_cancel(spid, ssecret)).await?;
+        s.flush().await?;
+        // PostgreSQL signals the backend, then closes: wait for that.
+        let mut sink = [0u8; 64];
+        while s.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let r = tokio::time::timeout(CANCEL_TIMEOUT, r)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("timed out")));
+    if let Err(e) = r {
+        tracing::warn!(database = %db.name, error = %e, "forwarding cancel request failed");
     }
 }

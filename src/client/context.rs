@@ -14,8 +14,8 @@ use super::session::Session;
 use crate::protocol::backend::{self, PgError};
 use crate::server::pending::{Action, Kind, Unit};
 use crate::server::txn::{Decision, Msg, QueryEffect, SessionCtx};
-use crate::server::Dirty;
-use crate::sql::classify::Flags;
+use crate::server::{CtxPrep, Dirty};
+use crate::sql::classify::{Analysis, Flags};
 use crate::tenancy::context::CtxFrames;
 use crate::tenancy::TenantCtx;
 
@@ -42,10 +42,11 @@ impl Needs {
     /// any query; PostgreSQL refuses VACUUM after an Execute in the same implicit
     /// transaction): the context comes with the first statement that needs it instead.
     fn control_only(flags: Flags) -> bool {
-        !flags.contains(Flags::NON_TXN)
-            && (flags.contains(Flags::TXN_MODES)
-                || flags.contains(Flags::TXN_BEGIN)
-                || flags.contains(Flags::TXN_END))
+        flags.contains(Flags::CONTROL_ONLY)
+            || !flags.contains(Flags::NON_TXN)
+                && (flags.contains(Flags::TXN_MODES)
+                    || flags.contains(Flags::TXN_BEGIN)
+                    || flags.contains(Flags::TXN_END))
     }
 
     /// For one statement about to be bound or parsed.
@@ -70,9 +71,10 @@ impl Needs {
         }
     }
 
-    /// For a simple Query of `statements` statements.
-    pub(super) fn of_query(flags: Flags, statements: u32) -> Needs {
-        if statements == 1 && Needs::control_only(flags) {
+    /// For a simple Query.
+    pub(super) fn of_query(a: &Analysis) -> Needs {
+        let flags = a.flags;
+        if a.control_only || (a.statements == 1 && Needs::control_only(flags)) {
             Needs::Server
         } else if (flags.contains(Flags::NON_TXN) && !flags.contains(Flags::TXN_END))
             || flags.contains(Flags::AFTER_TXN_END)
@@ -142,8 +144,9 @@ impl Session {
                     self.send_session_first(&t);
                     (Decision::Hold, Scope::Session)
                 }
-                // Not certainly idle: wait to know, if an answer will tell.
-                _ if owed => (Decision::Hold, Scope::Session),
+                // Not certainly idle: wait for the answers owed (a Flush makes them come),
+                // which tell.
+                _ if !self.pending.nothing_owed() => return Ok(Some(self.await_answers())),
                 // Mid-way in an extended-protocol block: at session level inline (it survives
                 // a COMMIT inside a procedure; a statement that cannot run in a transaction
                 // fails there, as on PostgreSQL).
@@ -196,13 +199,23 @@ impl Session {
         let Some(co) = self.server.as_mut() else {
             return;
         };
-        let conn = co.conn();
-        if conn.ctx_prepared & frames.bit == 0 {
-            conn.ctx_prepared |= frames.bit;
-            self.sout.extend_from_slice(&frames.parse);
+        let n = match co.conn().ctx.prepare(frames.bit) {
+            CtxPrep::Nothing => None,
+            CtxPrep::Parse(n) => {
+                self.sout.extend_from_slice(&frames.parse);
+                Some(n)
+            }
+            CtxPrep::Reparse(n) => {
+                self.sout.extend_from_slice(&frames.reparse);
+                let seq = self.txn.sent(Msg::Extended);
+                self.pending.push(Kind::Close, Action::Swallow, seq);
+                Some(n)
+            }
+        };
+        if let Some(n) = n {
             let seq = self.txn.sent(Msg::Extended);
             self.pending.push_unit(Unit {
-                ctx_bit: frames.bit,
+                ctx_parse: Some((frames.bit, n)),
                 ..Unit::new(Kind::Parse, Action::Swallow, seq)
             });
         }

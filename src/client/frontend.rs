@@ -249,7 +249,7 @@ impl Session {
             if let Some(co) = self.server.as_mut() {
                 let c = co.conn();
                 c.statements.clear();
-                c.ctx_prepared = 0;
+                c.ctx.clear();
             }
         }
     }
@@ -288,7 +288,7 @@ impl Session {
             // A refused statement fails on the server; a pool's lone closing reset (DISCARD
             // ALL cannot run after the context's Execute) reads nothing.
             (Some(_), _) | (None, true) => Needs::Server,
-            (None, false) => Needs::of_query(a.flags, a.statements),
+            (None, false) => Needs::of_query(&a),
         };
         if let Some(step) = self.begin(needs, true)? {
             return Ok(step);
@@ -333,6 +333,7 @@ impl Session {
         // a transaction block gets it at session level before its block starts.
         let needs = match &replacement {
             Some(_) => Needs::Server,
+            None if a.control_only => Needs::Server,
             None => Needs::of_parse(a.flags),
         };
         if let Some(step) = self.begin(needs, false)? {
@@ -342,6 +343,7 @@ impl Session {
         let poisoned;
         let effects = match replacement {
             Some(_) => Flags::default(),
+            None if a.control_only => a.flags | Flags::CONTROL_ONLY,
             None => a.flags,
         };
         if p.name.is_empty() {

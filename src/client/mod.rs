@@ -20,7 +20,7 @@ mod startup_check;
 pub mod statements;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -39,28 +39,37 @@ use crate::server::txn::TxnModel;
 use crate::tenancy::resolve;
 use session::Session;
 
-/// Deadline for startup + authentication.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Serve one accepted connection until it ends.
+///
+/// A connection that is still logging in counts toward `max_pending_logins` and must finish
+/// within `client_login_timeout`; it counts toward `max_client_connections` from its startup
+/// packet on (after SSL negotiation, so a refusal reads as PostgreSQL's would), until it ends.
 pub async fn handle(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
-    let count = shared.client_count.fetch_add(1, Ordering::AcqRel) + 1;
-    let max = shared.config().max_client_connections;
+    let cfg = shared.config();
     let stream = Stream::Tcp(tcp);
-    if count > max {
+    let login = Counted::take(&shared, |s| &s.pending_logins);
+    if login.n > cfg.max_pending_logins {
+        let e = PgError::fatal(
+            "53300",
+            format!(
+                "pgward: too many connections are logging in (max_pending_logins = {})",
+                cfg.max_pending_logins
+            ),
+        );
         // Boxed, like the handshake: what a task holds across awaits is held by every client.
-        Box::pin(refuse(stream, max)).await;
-        shared.client_count.fetch_sub(1, Ordering::AcqRel);
+        Box::pin(refuse(stream, e)).await;
         return;
     }
     // Boxed: the handshake's state (TLS, SCRAM, a possible first server connect) is large and
     // needed only once; inline it would stay in every idle client's task.
     let r = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        cfg.client_login_timeout,
         Box::pin(handshake(stream, addr, &shared)),
     )
     .await;
+    drop(login);
+    drop(cfg);
     match r {
         Ok(Some(session)) => {
             let id = session.info.id;
@@ -68,25 +77,58 @@ pub async fn handle(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
             shared.clients.remove(&id);
         }
         Ok(None) => {}
-        Err(_) => tracing::debug!(%addr, "client handshake timed out"),
+        Err(_) => {
+            crate::metrics::timeout("login");
+            tracing::debug!(%addr, "client login timed out (client_login_timeout)");
+        }
     }
-    shared.client_count.fetch_sub(1, Ordering::AcqRel);
 }
 
-/// Over `max_client_connections`: answer whatever the first packet was with 53300, close.
-async fn refuse(mut stream: Stream, max: usize) {
-    let mut out = BytesMut::new();
-    PgError::fatal(
-        "53300",
-        format!("pgward: too many client connections (max_client_connections = {max})"),
-    )
-    .encode(&mut out);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut b = [0u8; 8];
-        let _ = stream.read(&mut b).await;
+/// A slot of a counter (`max_pending_logins`, `max_client_connections`), given back on drop.
+pub struct Counted {
+    counter: Arc<Shared>,
+    which: fn(&Shared) -> &AtomicUsize,
+    /// The count including this one.
+    pub n: usize,
+}
+
+impl Counted {
+    fn take(shared: &Arc<Shared>, which: fn(&Shared) -> &AtomicUsize) -> Counted {
+        let n = which(shared).fetch_add(1, Ordering::AcqRel) + 1;
+        Counted {
+            counter: shared.clone(),
+            which,
+            n,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.which)(&self.counter).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refuse a connection that has not sent its startup packet yet: answer SSL and GSS
+/// requests with "N" (no TLS is negotiated for a refusal) until the startup packet, then the
+/// error, as PostgreSQL reports "too many clients" after the SSL exchange.
+async fn refuse(mut stream: Stream, e: PgError) {
+    let mut buf = BytesMut::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match read_startup(&mut stream, &mut buf).await {
+                Ok(Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
+                    if write_all(&mut stream, b"N").await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(StartupPacket::Cancel { .. })) | Ok(None) => return,
+                _ => break,
+            }
+        }
+        send_error(&mut stream, e).await;
     })
     .await;
-    let _ = write_all(&mut stream, &out).await;
 }
 
 /// Everything up to ReadyForQuery. `None` when the connection ended (error already sent).
@@ -171,6 +213,23 @@ async fn handshake(
             StartupPacket::Startup(m) => break m,
         }
     };
+    // From the startup packet on, the connection is a client (PostgreSQL too counts it, and
+    // says "too many clients" after the SSL exchange).
+    let slot = Counted::take(shared, |s| &s.client_count);
+    if slot.n > cfg.max_client_connections {
+        send_error(
+            &mut stream,
+            PgError::fatal(
+                "53300",
+                format!(
+                    "pgward: too many client connections (max_client_connections = {})",
+                    cfg.max_client_connections
+                ),
+            ),
+        )
+        .await;
+        return None;
+    }
     let require_tls = cfg
         .tls
         .as_ref()
@@ -349,8 +408,8 @@ async fn handshake(
             return None;
         }
     };
-    let params = ClientParams::new(&baseline, &resolved.params);
-    if let Err(e) = startup_check::check(&pool, &params).await {
+    let mut params = ClientParams::new(&baseline, &resolved.params);
+    if let Err(e) = startup_check::check(&pool, &mut params).await {
         send_error(&mut stream, e).await;
         return None;
     }
@@ -422,6 +481,8 @@ async fn handshake(
         stmt_mark: None,
         server_broken: false,
         fatal_relayed: false,
+        timers: Default::default(),
+        _slot: slot,
         acquire_error: None,
         observe: (cfg.metrics.query_stats || cfg.metrics.slow_statement_threshold.is_some()).then(
             || {
@@ -454,7 +515,12 @@ async fn read_startup(
 ) -> Result<Option<StartupPacket>, PgError> {
     loop {
         if let Some(len) = startup::packet_len(buf) {
-            let len = len.map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+            let Ok(len) = len else {
+                // PostgreSQL logs an invalid startup packet length and closes without a word
+                // (a client that sends Terminate before its startup packet, a port scanner).
+                tracing::debug!("invalid startup packet length; closing");
+                return Ok(None);
+            };
             if buf.len() >= len {
                 let packet = buf.split_to(len);
                 return startup::parse(&packet).map(Some).map_err(|e| match e {

@@ -226,6 +226,10 @@ impl Session {
         let Some(unit) = self.pending.pop() else {
             return Route::Drop;
         };
+        self.timers.completions += 1;
+        if let (b'1', Some((bit, n)), Some(co)) = (tag, unit.ctx_parse, self.server.as_mut()) {
+            co.conn().ctx.parsed(bit, n);
+        }
         if tag == b'Z' {
             let status = body.first().copied().unwrap_or(b'I');
             self.txn.answered(unit.seq, Outcome::Ready(status));
@@ -276,11 +280,11 @@ impl Session {
             if let Some(id) = u.stmt {
                 undo_server.push(id);
             }
-            undo_ctx |= u.ctx_bit;
+            undo_ctx |= u.ctx_parse.map_or(0, |(bit, _)| bit);
             session_ctx_skipped |= matches!(u.action, Action::SessionContext);
             // A skipped Parse creates nothing; a skipped Close closes nothing.
             if let (Kind::Parse, Some(n)) = (u.kind, &u.name) {
-                statements.remove(n);
+                statements.remove_created(n, u.stmt);
             }
         });
         if let Some(co) = server {
@@ -289,7 +293,7 @@ impl Session {
                 // Skipped: an older copy (its Close was skipped too) may still be there.
                 conn.statements.invalidate(id);
             }
-            conn.ctx_prepared &= !undo_ctx;
+            conn.ctx.lost(undo_ctx);
         }
         self.txn.answered(failed.seq, Outcome::Failed);
         if session_ctx_skipped {
@@ -343,10 +347,12 @@ impl Session {
                 // Closed again before the next Parse (harmless if nothing is there).
                 conn.statements.invalidate(id);
             }
-            conn.ctx_prepared &= !unit.ctx_bit;
+            if let Some((bit, _)) = unit.ctx_parse {
+                conn.ctx.lost(bit);
+            }
         }
         if let (Kind::Parse, Some(n)) = (unit.kind, &unit.name) {
-            self.statements.remove(n);
+            self.statements.remove_created(n, unit.stmt);
         }
     }
 }

@@ -205,7 +205,7 @@ pub fn reset_sql(dirty: Dirty, conn: &mut ServerConn, tenant_reset: Option<&str>
     if all || dirty.contains(Dirty::PREPARED) {
         sql.push_str("DEALLOCATE ALL;");
         conn.statements.clear();
-        conn.ctx_prepared = 0;
+        conn.ctx.clear();
     }
     if all || dirty.contains(Dirty::LISTEN) {
         sql.push_str("UNLISTEN *;");

@@ -91,6 +91,10 @@ pub struct Session {
     pub(super) server_broken: bool,
     /// The server's own FATAL reached the client: that is the one error the client gets.
     pub(super) fatal_relayed: bool,
+    /// Bounds on waiting (`query_timeout`, `idle_transaction_timeout`).
+    pub(super) timers: Timers,
+    /// This client's place in `max_client_connections`, given back when the session ends.
+    pub(super) _slot: super::Counted,
     /// Why the last checkout failed, until the message that needed it is answered with it.
     pub(super) acquire_error: Option<Box<PgError>>,
     /// Query statistics / slow log, when configured: (stats on, slow threshold, tenant).
@@ -108,6 +112,19 @@ pub struct Session {
     /// The unnamed statement on the current server connection was parsed by this client
     /// during this checkout (otherwise it is another client's, or none).
     pub(super) unnamed_here: bool,
+}
+
+/// The deadlines of the session loop. The query timer runs while the server owes answers and
+/// restarts whenever one of them completes (`completions`); the idle timer runs while the
+/// client holds a transaction open and the server owes nothing.
+#[derive(Default)]
+pub(super) struct Timers {
+    /// Answers the server completed (requests popped from `pending`).
+    pub completions: u64,
+    /// (since, completions then) of the running query timer.
+    query: Option<(Instant, u64)>,
+    /// Since when the client holds a transaction open without sending anything.
+    idle: Option<Instant>,
 }
 
 pub(super) enum Event {
@@ -187,7 +204,22 @@ impl Session {
                     "terminating connection due to administrator command (pgward shutting down)",
                 ));
             }
-            let ev = poll_fn(|cx| self.poll_io(cx)).await;
+            let ev = match self.deadline() {
+                None => poll_fn(|cx| self.poll_io(cx)).await,
+                Some(at) => {
+                    let io = poll_fn(|cx| self.poll_io(cx));
+                    match tokio::time::timeout_at(at.into(), io).await {
+                        Ok(ev) => ev,
+                        Err(_) => match self.expired() {
+                            Some(end) => return end,
+                            None => continue,
+                        },
+                    }
+                }
+            };
+            if matches!(ev, Event::ClientData) {
+                self.timers.idle = None;
+            }
             match ev {
                 Event::ClientData | Event::ServerData => {}
                 Event::ClientEof => return End::ClientGone,
@@ -206,6 +238,69 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// When the loop must stop waiting, if a bound applies now.
+    fn deadline(&mut self) -> Option<Instant> {
+        let p = &self.pool.db.pool;
+        if self.server.is_none() {
+            self.timers.query = None;
+            self.timers.idle = None;
+            return None;
+        }
+        let owed = !self.pending.nothing_owed() && !self.txn.copy_in;
+        if owed && !p.query_timeout.is_zero() {
+            self.timers.idle = None;
+            let since = match self.timers.query {
+                Some((t, c)) if c == self.timers.completions => t,
+                _ => {
+                    let now = Instant::now();
+                    self.timers.query = Some((now, self.timers.completions));
+                    now
+                }
+            };
+            return Some(since + p.query_timeout);
+        }
+        self.timers.query = None;
+        if !owed && !p.idle_transaction_timeout.is_zero() && !self.txn.is_idle() {
+            let since = *self.timers.idle.get_or_insert_with(Instant::now);
+            return Some(since + p.idle_transaction_timeout);
+        }
+        self.timers.idle = None;
+        None
+    }
+
+    /// A deadline passed: the session ends if the bound it was for still applies.
+    fn expired(&mut self) -> Option<End> {
+        let p = &self.pool.db.pool;
+        if let Some((_, c)) = self.timers.query {
+            if c != self.timers.completions || self.pending.nothing_owed() {
+                return None; // progress since: the timer starts again
+            }
+            // The server's state is unknown: stop what it runs and close the connection.
+            crate::metrics::timeout("query");
+            super::cancel::cancel_in_background(&self.cancel);
+            self.server_broken = true;
+            return Some(End::Fatal(PgError::fatal(
+                "57014",
+                format!(
+                    "pgward: canceling statement due to query_timeout ({}): the server did not answer in time; its connection was closed",
+                    humantime::format_duration(p.query_timeout)
+                ),
+            )));
+        }
+        if self.timers.idle.is_some() && !self.txn.is_idle() && self.pending.nothing_owed() {
+            // Rolled back and returned to the pool by `finish`, as for a client that left.
+            crate::metrics::timeout("idle_transaction");
+            return Some(End::Fatal(PgError::fatal(
+                "25P03",
+                format!(
+                    "pgward: terminating connection due to idle_transaction_timeout ({}): the transaction was open with nothing sent",
+                    humantime::format_duration(p.idle_transaction_timeout)
+                ),
+            )));
+        }
+        None
     }
 
     /// The server connection is gone or unusable: the client gets one FATAL, PostgreSQL's if

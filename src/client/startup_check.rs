@@ -12,6 +12,9 @@
 //! - It never makes a login wait for the pool: without a connection available at once (pool
 //!   busy or paused, upstream down) the check is skipped, and an invalid value still fails the
 //!   client at its first statement, where the parameters are applied (`Action::SyncParams`).
+//! - `set_config` returns the value as PostgreSQL stores it (`utf8` → `UTF8`, `iso,dmy` →
+//!   `ISO, DMY`): the client's parameters take that spelling, so the ParameterStatus it is
+//!   told at login is what a direct connection would report.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +32,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Parameters PostgreSQL accepts with any value.
 const ANY_VALUE: &[&str] = &["application_name"];
 
-/// Check `params`' startup values on `pool`'s server. `Err` is the FATAL to refuse the
-/// login with.
-pub async fn check(pool: &Arc<Pool>, params: &ClientParams) -> Result<(), PgError> {
-    let unchecked: Vec<(&str, &str, String)> = {
+/// Check `params`' startup values on `pool`'s server, and take PostgreSQL's spelling of each.
+/// `Err` is the FATAL to refuse the login with.
+pub async fn check(pool: &Arc<Pool>, params: &mut ClientParams) -> Result<(), PgError> {
+    let mut known: Vec<(String, String)> = Vec::new();
+    let unchecked: Vec<(String, String, String)> = {
         let accepted = pool
             .accepted_params
             .lock()
@@ -41,24 +45,38 @@ pub async fn check(pool: &Arc<Pool>, params: &ClientParams) -> Result<(), PgErro
             .values
             .overrides()
             .filter(|(l, _, _)| !ANY_VALUE.contains(l))
-            .map(|(l, _, v)| (l, v, format!("{l}\0{v}")))
-            .filter(|(_, _, key)| !accepted.contains(key.as_str()))
+            .filter_map(|(l, name, v)| {
+                let key = format!("{l}\0{v}");
+                match accepted.get(key.as_str()) {
+                    Some(canonical) => {
+                        known.push((name.to_string(), canonical.to_string()));
+                        None
+                    }
+                    None => Some((name.to_string(), v.to_string(), key)),
+                }
+            })
             .collect()
     };
+    for (name, canonical) in known {
+        params.set(&name, &canonical);
+    }
     if unchecked.is_empty() {
         return Ok(());
     }
     let Some(Ok(mut co)) = pool.checkout_now().await else {
         return Ok(());
     };
-    let sql = set_config_select(unchecked.iter().map(|(n, v, _)| (*n, *v)), true);
+    let sql = set_config_select(
+        unchecked.iter().map(|(n, v, _)| (n.as_str(), v.as_str())),
+        true,
+    );
     let answer = tokio::time::timeout(
         CHECK_TIMEOUT,
-        crate::server::query::run(co.conn(), sql.as_bytes()),
+        crate::server::query::first_row(co.conn(), sql.as_bytes()),
     )
     .await;
     match answer {
-        Ok(Ok(None)) => {
+        Ok(Ok(Ok(row))) => {
             co.checkin();
             let mut accepted = pool
                 .accepted_params
@@ -67,10 +85,14 @@ pub async fn check(pool: &Arc<Pool>, params: &ClientParams) -> Result<(), PgErro
             if accepted.len() + unchecked.len() > MAX_ACCEPTED {
                 accepted.clear();
             }
-            accepted.extend(unchecked.into_iter().map(|(_, _, key)| key.into()));
+            for ((name, raw, key), canonical) in unchecked.into_iter().zip(row) {
+                let canonical = canonical.unwrap_or(raw);
+                params.set(&name, &canonical);
+                accepted.insert(key.into(), canonical.into());
+            }
             Ok(())
         }
-        Ok(Ok(Some(e))) => {
+        Ok(Ok(Err(e))) => {
             co.checkin();
             Err(e.into_fatal())
         }

@@ -38,6 +38,13 @@ impl ClientStatements {
     pub fn insert(&mut self, name: &[u8], def: Arc<StatementDef>, effects: Flags) {
         self.map.insert(name.into(), (def, effects));
     }
+    /// Forget `name` if it still names statement `id` (a failed or skipped Parse undoes only
+    /// what it created, not a later Parse of the same name).
+    pub fn remove_created(&mut self, name: &[u8], id: Option<u64>) {
+        if self.map.get(name).map(|e| e.0.id) == id || id.is_none() {
+            self.map.remove(name);
+        }
+    }
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
         self.map.remove(name).map(|e| e.0)
     }

@@ -61,6 +61,24 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub session_state: SessionStatePolicy,
     pub max_prepared_statements: usize,
+    /// Zero: no limit.
+    pub query_timeout: Duration,
+    /// Zero: no limit.
+    pub idle_transaction_timeout: Duration,
+    pub server_login_retry: Duration,
+    pub ready_probe_timeout: Duration,
+    pub tcp: TcpSettings,
+}
+
+/// Socket options of server connections (dead-peer detection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSettings {
+    /// Zero: no keepalive.
+    pub keepidle: Duration,
+    pub keepintvl: Duration,
+    pub keepcnt: u32,
+    /// Zero: the kernel's default.
+    pub user_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -155,6 +173,9 @@ pub struct Config {
     pub max_client_connections: usize,
     pub max_message_size: usize,
     pub log_format: String,
+    pub listen_backlog: u32,
+    pub client_login_timeout: Duration,
+    pub max_pending_logins: usize,
     pub databases: Vec<Arc<Database>>,
     pub users: HashMap<String, Arc<User>>,
     pub tenants: HashMap<String, Arc<Tenant>>,
@@ -199,5 +220,44 @@ impl Config {
 
     pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
         self.databases.iter().find(|d| d.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use std::time::Duration;
+
+    const BASE: &str = r#"
+        listen = "127.0.0.1:6432"
+        [pool]
+        query_timeout = "30s"
+        [[databases]]
+        name = "app"
+        upstream = "postgres://u@127.0.0.1/app"
+        [[databases]]
+        name = "reports"
+        upstream = "postgres://u@127.0.0.1/app"
+        query_timeout = "10m"
+        idle_transaction_timeout = "1m"
+    "#;
+
+    #[test]
+    fn timeouts_are_overridden_per_database() {
+        let c = Config::from_toml(BASE, std::path::Path::new("t.toml")).unwrap();
+        let app = &c.database("app").unwrap().pool;
+        assert_eq!(app.query_timeout, Duration::from_secs(30));
+        assert_eq!(app.idle_transaction_timeout, Duration::ZERO);
+        let reports = &c.database("reports").unwrap().pool;
+        assert_eq!(reports.query_timeout, Duration::from_secs(600));
+        assert_eq!(reports.idle_transaction_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_bad_timeout_names_its_key() {
+        let bad = BASE.replace("\"10m\"", "\"soon\"");
+        let e = Config::from_toml(&bad, std::path::Path::new("t.toml")).unwrap_err();
+        assert_eq!(e.key, "databases[1].query_timeout");
+        assert!(e.message.contains("not a duration"), "{}", e.message);
     }
 }

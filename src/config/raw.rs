@@ -26,6 +26,17 @@ pub struct RawConfig {
     /// "human" or "json".
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// Pending connections the kernel queues for `listen` (PgBouncer's `listen_backlog`).
+    #[serde(default = "default_listen_backlog")]
+    pub listen_backlog: u32,
+    /// A client must have logged in (TLS, startup, authentication) within this.
+    #[serde(default = "default_login_timeout")]
+    pub client_login_timeout: String,
+    /// Connections still logging in, at most; they do not count toward
+    /// `max_client_connections` until their startup packet arrived.
+    #[serde(default = "default_max_logins")]
+    pub max_pending_logins: usize,
+
     #[serde(default)]
     pub pool: RawPool,
     #[serde(default)]
@@ -108,6 +119,33 @@ pub struct RawPool {
     pub session_state: String,
     #[serde(default = "default_max_prepared")]
     pub max_prepared_statements: usize,
+    /// A statement whose answer has not completed within this fails and its server
+    /// connection is closed; "0" = no limit (PgBouncer's `query_timeout`).
+    #[serde(default = "zero_duration")]
+    pub query_timeout: String,
+    /// A client that holds a transaction open and sends nothing for this long is
+    /// disconnected; "0" = no limit (PgBouncer's `idle_transaction_timeout`).
+    #[serde(default = "zero_duration")]
+    pub idle_transaction_timeout: String,
+    /// After a failed server connection attempt, no new one for this long; clients that
+    /// need a connection meanwhile fail at once with 08006 (PgBouncer's `server_login_retry`).
+    #[serde(default = "default_login_retry")]
+    pub server_login_retry: String,
+    /// TCP keepalive on server connections: idle time before the first probe ("0": off),
+    /// interval between probes, and probes before the connection is dropped.
+    #[serde(default = "default_keepidle")]
+    pub tcp_keepidle: String,
+    #[serde(default = "default_keepintvl")]
+    pub tcp_keepintvl: String,
+    #[serde(default = "default_keepcnt")]
+    pub tcp_keepcnt: u32,
+    /// TCP_USER_TIMEOUT on server connections: data unacknowledged this long drops the
+    /// connection ("0": the kernel's default).
+    #[serde(default = "default_user_timeout")]
+    pub tcp_user_timeout: String,
+    /// How long the readiness probe (`SELECT 1` on a server connection) may take.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_probe_timeout: String,
 }
 
 impl Default for RawPool {
@@ -136,6 +174,12 @@ pub struct RawDatabase {
     /// run as.
     #[serde(default)]
     pub role_check: Option<String>,
+    /// Overrides `pool.query_timeout` for this database.
+    #[serde(default)]
+    pub query_timeout: Option<String>,
+    /// Overrides `pool.idle_transaction_timeout` for this database.
+    #[serde(default)]
+    pub idle_transaction_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -232,6 +276,36 @@ fn default_lifetime() -> String {
 fn default_connect_timeout() -> String {
     "5s".into()
 }
+fn zero_duration() -> String {
+    "0".into()
+}
+fn default_login_retry() -> String {
+    "1s".into()
+}
+fn default_keepidle() -> String {
+    "30s".into()
+}
+fn default_keepintvl() -> String {
+    "10s".into()
+}
+fn default_keepcnt() -> u32 {
+    3
+}
+fn default_user_timeout() -> String {
+    "30s".into()
+}
+fn default_listen_backlog() -> u32 {
+    4096
+}
+fn default_login_timeout() -> String {
+    "15s".into()
+}
+fn default_max_logins() -> usize {
+    1000
+}
+fn default_ready_timeout() -> String {
+    "2s".into()
+}
 fn default_session_state() -> String {
     "reset".into()
 }
@@ -298,6 +372,27 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         idle_timeout: dur("pool.idle_timeout", &p.idle_timeout)?,
         server_lifetime: dur("pool.server_lifetime", &p.server_lifetime)?,
         connect_timeout: dur("pool.connect_timeout", &p.connect_timeout)?,
+        query_timeout: dur("pool.query_timeout", &p.query_timeout)?,
+        idle_transaction_timeout: dur(
+            "pool.idle_transaction_timeout",
+            &p.idle_transaction_timeout,
+        )?,
+        server_login_retry: dur("pool.server_login_retry", &p.server_login_retry)?,
+        ready_probe_timeout: match dur("pool.ready_probe_timeout", &p.ready_probe_timeout)? {
+            d if d.is_zero() => {
+                return Err(err(
+                    "pool.ready_probe_timeout".into(),
+                    "must be more than 0".into(),
+                ))
+            }
+            d => d,
+        },
+        tcp: TcpSettings {
+            keepidle: dur("pool.tcp_keepidle", &p.tcp_keepidle)?,
+            keepintvl: dur("pool.tcp_keepintvl", &p.tcp_keepintvl)?,
+            keepcnt: p.tcp_keepcnt,
+            user_timeout: dur("pool.tcp_user_timeout", &p.tcp_user_timeout)?,
+        },
         session_state: match p.session_state.as_str() {
             "reset" => SessionStatePolicy::Reset,
             "pin" => SessionStatePolicy::Pin,
@@ -359,6 +454,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         settings.min_size = settings.min_size.min(settings.size);
         if let Some(m) = &d.mode {
             settings.mode = mode(key("mode"), m)?;
+        }
+        if let Some(t) = &d.query_timeout {
+            settings.query_timeout = dur(&key("query_timeout"), t)?;
+        }
+        if let Some(t) = &d.idle_transaction_timeout {
+            settings.idle_transaction_timeout = dur(&key("idle_transaction_timeout"), t)?;
         }
         databases.push(Arc::new(Database {
             name: d.name.clone(),
@@ -595,6 +696,21 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         max_client_connections: raw.pool.max_client_connections,
         max_message_size: raw.max_message_size,
         log_format: raw.log_format.clone(),
+        listen_backlog: match raw.listen_backlog {
+            0 => return Err(err("listen_backlog".into(), "must be at least 1".into())),
+            n => n,
+        },
+        client_login_timeout: match dur("client_login_timeout", &raw.client_login_timeout)? {
+            d if d.is_zero() => {
+                return Err(err(
+                    "client_login_timeout".into(),
+                    "must be more than 0".into(),
+                ))
+            }
+            d => d,
+        },
+        max_pending_logins: raw.max_pending_logins.max(1),
+
         databases,
         users,
         tenants,

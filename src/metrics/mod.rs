@@ -199,6 +199,10 @@ fn describe() {
         "Session state reset or pinned, by kind"
     );
     describe_counter!(
+        "pgward_timeouts_total",
+        "Bounds on waiting that fired, by kind (query, idle_transaction, connect, login)"
+    );
+    describe_counter!(
         "pgward_txn_model_misses_total",
         "Answers from PostgreSQL that contradicted pgward's model of where its transaction boundaries are (expected: 0)"
     );
@@ -344,6 +348,11 @@ pub fn session_reset(kind: &'static str) {
 /// assuming no tenant context. Expected to stay 0: a non-zero value is a bug to report.
 pub fn txn_model_miss() {
     counter!("pgward_txn_model_misses_total").increment(1);
+}
+
+/// A bound on waiting fired: `query`, `idle_transaction`, `connect`, `login`.
+pub fn timeout(kind: &'static str) {
+    counter!("pgward_timeouts_total", "kind" => kind).increment(1);
 }
 
 pub fn rejected(reason: &'static str) {

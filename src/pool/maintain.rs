@@ -1,7 +1,7 @@
 //! Background upkeep of one pool, once a second: close idle connections past `idle_timeout`
 //! or `server_lifetime` (keeping `min_size`), drop dead ones, open connections up to
-//! `min_size`, and probe the upstream when nothing proved it alive recently (for `/ready`): when it holds no live connection and nothing succeeded for
-//! `PROBE_AFTER`.
+//! `min_size`, and prove the upstream alive for `/ready`: a completed transaction proves it;
+//! when nothing did for `PROBE_AFTER`, a `SELECT 1` probe with `ready_probe_timeout` does.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,19 +53,23 @@ pub async fn run_once(pool: &Arc<Pool>) {
             .closed_total
             .fetch_add(removed as u64, Ordering::Relaxed);
     }
-    let alive = pool.stats.idle.load(Ordering::Relaxed) > 0
-        || pool.stats.active.load(Ordering::Relaxed) > 0;
-    if alive {
+    // A transaction completed since the last look: the server answers.
+    let xacts = pool.stats.xact_count.load(Ordering::Relaxed);
+    if pool.seen_xacts.swap(xacts, Ordering::Relaxed) != xacts {
         pool.mark_ok();
     }
-    // Top up to min_size, or probe when nothing proved the upstream alive recently.
+    // Probe when nothing proved the upstream alive recently (an open connection proves
+    // nothing: a frozen server keeps its sockets open).
     let stale = now_ms().saturating_sub(pool.last_ok_ms.load(Ordering::Relaxed))
         > PROBE_AFTER.as_millis() as u64;
+    if stale {
+        pool.probe().await;
+    }
     let now = pool.size_now();
     let want = if now < min {
         (min - now).min(pool.db.pool.size.saturating_sub(now))
     } else {
-        usize::from(stale && !alive)
+        0
     };
     for _ in 0..want {
         let Ok(permit) = pool.sem.clone().try_acquire_owned() else {

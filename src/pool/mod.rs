@@ -13,7 +13,7 @@
 pub mod maintain;
 pub mod stats;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,9 +59,17 @@ pub struct Pool {
     /// Unix time (ms) of the last failed connect.
     pub last_error_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
-    /// Startup parameter values (`name\0value`) this pool's server accepted: checked at a
-    /// client's login once, not again ([`crate::client`]'s startup check). Bounded.
-    pub accepted_params: Mutex<HashSet<Box<str>>>,
+    /// No connection attempt before this (Unix ms): `server_login_retry` after a failure.
+    retry_after_ms: AtomicU64,
+    /// Failed attempts not logged yet, and when the last warning was logged (Unix ms).
+    failures_unlogged: AtomicU64,
+    failure_logged_ms: AtomicU64,
+    /// Transactions completed when the maintenance task last looked (proof of life).
+    pub(crate) seen_xacts: AtomicU64,
+    /// Startup parameter values (`name\0value`) this pool's server accepted, with the value
+    /// as PostgreSQL spells it (`utf8` → `UTF8`): checked at a client's login once, not again
+    /// ([`crate::client`]'s startup check). Bounded.
+    pub accepted_params: Mutex<HashMap<Box<str>, Box<str>>>,
     paused: AtomicBool,
     resumed: Notify,
     closed: AtomicBool,
@@ -93,7 +101,11 @@ impl Pool {
             last_ok_ms: AtomicU64::new(0),
             last_error_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            accepted_params: Mutex::new(HashSet::new()),
+            retry_after_ms: AtomicU64::new(0),
+            failures_unlogged: AtomicU64::new(0),
+            failure_logged_ms: AtomicU64::new(0),
+            seen_xacts: AtomicU64::new(0),
+            accepted_params: Mutex::new(HashMap::new()),
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             closed: AtomicBool::new(false),
@@ -226,12 +238,29 @@ impl Pool {
         }
     }
 
-    /// Open a new connection (the caller holds a permit for it).
+    /// Open a new connection (the caller holds a permit for it). Within `server_login_retry`
+    /// of a failed attempt it fails at once, without trying: clients are told at once and
+    /// PostgreSQL is not hammered while it is down.
     pub async fn open(&self) -> Result<ServerConn, CheckoutError> {
+        let now = now_ms();
+        let retry_after = self.retry_after_ms.load(Ordering::Relaxed);
+        if now < retry_after {
+            let last = self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default();
+            return Err(CheckoutError::Connect {
+                pool: self.label(),
+                source: ServerError::Backoff(last, Duration::from_millis(retry_after - now)),
+            });
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.stats.connecting.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        let r = tokio::time::timeout(self.db.pool.connect_timeout, connect(&self.db.upstream, id))
+        let s = &self.db.pool;
+        let r = tokio::time::timeout(s.connect_timeout, connect(&self.db.upstream, id, &s.tcp))
             .await
             .unwrap_or(Err(ServerError::Timeout));
         self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
@@ -240,6 +269,7 @@ impl Pool {
                 crate::metrics::server_connect(self.name(), start.elapsed());
                 self.stats.opened_total.fetch_add(1, Ordering::Relaxed);
                 self.mark_ok();
+                self.retry_after_ms.store(0, Ordering::Relaxed);
                 let mut b = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
                 if b.is_none() {
                     *b = Some(Arc::new(c.params.baseline.clone()));
@@ -247,15 +277,76 @@ impl Pool {
                 Ok(c)
             }
             Err(e) => {
-                tracing::warn!(pool = %self.label(), error = %e, "server connection failed");
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                self.last_error_ms.store(now_ms(), Ordering::Relaxed);
+                if matches!(e, ServerError::Timeout) {
+                    crate::metrics::timeout("connect");
+                }
+                self.connect_failed(&e);
                 Err(CheckoutError::Connect {
                     pool: self.label(),
                     source: e,
                 })
             }
         }
+    }
+
+    /// Record a failed attempt: back off, and warn at most every 10 s (with the count).
+    fn connect_failed(&self, e: &ServerError) {
+        let now = now_ms();
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        self.last_error_ms.store(now, Ordering::Relaxed);
+        let retry = self.db.pool.server_login_retry.as_millis() as u64;
+        self.retry_after_ms.store(now + retry, Ordering::Relaxed);
+        let unlogged = self.failures_unlogged.fetch_add(1, Ordering::Relaxed) + 1;
+        let logged = self.failure_logged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(logged) >= 10_000 {
+            self.failure_logged_ms.store(now, Ordering::Relaxed);
+            self.failures_unlogged.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                pool = %self.label(),
+                error = %e,
+                failed_attempts = unlogged,
+                retry_in = ?self.db.pool.server_login_retry,
+                "server connection failed"
+            );
+        } else {
+            tracing::debug!(pool = %self.label(), error = %e, "server connection failed");
+        }
+    }
+
+    /// Prove the server answers: `SELECT 1` on an idle connection (or a new one), within
+    /// `ready_probe_timeout`, never taking a connection a client is waiting for. A probe that
+    /// fails or times out closes its connection and makes `/ready` fail.
+    pub async fn probe(self: &Arc<Self>) {
+        let Ok(permit) = self.sem.clone().try_acquire_owned() else {
+            return; // every connection is in use: completed transactions are the proof
+        };
+        let mut conn = match self.take_idle(Instant::now()) {
+            Some(c) => c,
+            None => match self.open().await {
+                Ok(c) => c,
+                Err(_) => return,
+            },
+        };
+        let limit = self.db.pool.ready_probe_timeout;
+        let r =
+            tokio::time::timeout(limit, crate::server::query::run(&mut conn, b"SELECT 1")).await;
+        match r {
+            Ok(Ok(None)) => {
+                self.mark_ok();
+                self.put_idle(conn, Instant::now());
+            }
+            _ => {
+                let why = match r {
+                    Err(_) => format!("readiness probe: no answer to SELECT 1 within {limit:?}"),
+                    _ => "readiness probe: SELECT 1 failed".to_string(),
+                };
+                tracing::warn!(pool = %self.label(), "{why}; closing that server connection");
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                self.last_error_ms.store(now_ms(), Ordering::Relaxed);
+                self.stats.closed_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(permit);
     }
 
     pub fn mark_ok(&self) {
@@ -282,7 +373,7 @@ impl Pool {
             .unwrap_or_default())
     }
 
-    fn put_idle(&self, mut conn: ServerConn, now: Instant) {
+    pub(crate) fn put_idle(&self, mut conn: ServerConn, now: Instant) {
         if self.closed.load(Ordering::Acquire)
             || now.saturating_duration_since(conn.created) > self.db.pool.server_lifetime
         {

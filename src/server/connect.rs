@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use super::params::ServerParams;
 use super::prepared::ServerStatements;
 use super::ServerConn;
-use crate::config::{PassThrough, Upstream};
+use crate::config::{PassThrough, TcpSettings, Upstream};
 use crate::net::{read_message, write_all};
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status, PgError};
 use crate::protocol::frontend::{put_password, put_sasl_initial};
@@ -36,13 +36,38 @@ pub enum ServerError {
     Tls(String),
     #[error("authenticating to the server with the client's credentials failed: {0}")]
     PassThrough(String),
+    #[error("server unavailable: the last connection attempt failed ({0}); the next one in {1:?} (server_login_retry)")]
+    Backoff(String, std::time::Duration),
 }
 
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
 
-pub async fn connect(up: &Upstream, id: u64) -> Result<ServerConn, ServerError> {
+/// Dead-peer detection: keepalive probes on an idle connection, and a bound on how long sent
+/// data may stay unacknowledged (a peer gone without FIN, a network partition). A server that
+/// is alive but stuck (its kernel still ACKs) is bounded by `query_timeout` instead.
+fn tune(tcp: &TcpStream, s: &TcpSettings) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    if !s.keepidle.is_zero() {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(s.keepidle)
+            .with_interval(s.keepintvl)
+            .with_retries(s.keepcnt);
+        sock.set_tcp_keepalive(&ka)?;
+    }
+    if !s.user_timeout.is_zero() {
+        sock.set_tcp_user_timeout(Some(s.user_timeout))?;
+    }
+    Ok(())
+}
+
+pub async fn connect(
+    up: &Upstream,
+    id: u64,
+    tcp_opts: &TcpSettings,
+) -> Result<ServerConn, ServerError> {
     let tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
     tcp.set_nodelay(true)?;
+    tune(&tcp, tcp_opts)?;
     let mut stream = crate::net::tls::connect_upstream(tcp, up).await?;
     let options = up.startup_options();
     let mut params = vec![("user", up.user.as_str()), ("database", up.dbname.as_str())];
@@ -192,7 +217,7 @@ pub async fn connect(up: &Upstream, id: u64) -> Result<ServerConn, ServerError> 
         secret,
         params,
         statements: ServerStatements::default(),
-        ctx_prepared: 0,
+        ctx: Default::default(),
         created: now,
         last_used: now,
     })

@@ -91,9 +91,9 @@ pub struct Unit {
     /// Position of the request in the transaction model (`server::txn`): its answer narrows
     /// the model there.
     pub seq: u32,
-    /// A tenant-context statement this Parse creates (`ServerConn::ctx_prepared` bit), undone
-    /// if it fails or is skipped.
-    pub ctx_bit: u64,
+    /// The tenant-context statement this Parse creates: its `CtxStatements` bit and the
+    /// Parse's number.
+    pub ctx_parse: Option<(u64, u32)>,
 }
 
 impl Unit {
@@ -110,7 +110,7 @@ impl Unit {
             copy_epoch: 0,
             guess: crate::metrics::Command::Other,
             seq,
-            ctx_bit: 0,
+            ctx_parse: None,
         }
     }
 }

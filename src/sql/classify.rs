@@ -122,6 +122,9 @@ impl Flags {
     /// Transaction characteristics that PostgreSQL accepts only before the transaction's
     /// first query: `BEGIN`/`START TRANSACTION` with modes, `SET TRANSACTION …`.
     pub const TXN_MODES: Flags = Flags(1 << 16);
+    /// Never set by [`analyze`]: the session adds it to the flags it keeps for a statement
+    /// whose text reads nothing ([`Analysis::control_only`]), for when it is bound later.
+    pub const CONTROL_ONLY: Flags = Flags(1 << 17);
 
     /// True if every bit of `other` is set in `self`.
     pub const fn contains(self, other: Flags) -> bool {
@@ -166,6 +169,10 @@ pub struct Analysis {
     pub flags: Flags,
     /// Number of non-empty statements (0 for "", ";", "  -- comment").
     pub statements: u32,
+    /// Every statement only controls the transaction or a setting (BEGIN/START,
+    /// COMMIT/END/ABORT, ROLLBACK [TO], SAVEPOINT, RELEASE, SET …, RESET …): nothing is read,
+    /// and nothing takes a snapshot (`SET TRANSACTION ISOLATION LEVEL` may still follow).
+    pub control_only: bool,
     /// The first violation found, if `protected` said a name is protected.
     pub violation: Option<Violation>,
 }
@@ -204,6 +211,7 @@ pub fn analyze(
         let mut other = Pass::new(sql, false, guard_role_and_reset, protected);
         other.run();
         pass.flags |= other.flags;
+        pass.all_control &= other.all_control;
         if pass.violation.is_none() {
             pass.violation = other.violation;
         }
@@ -211,6 +219,7 @@ pub fn analyze(
     Analysis {
         flags: pass.flags,
         statements: pass.statements,
+        control_only: pass.statements > 0 && pass.all_control,
         violation: pass.violation,
     }
 }
@@ -1156,6 +1165,8 @@ struct Head {
     routine: bool,
     /// Inside such a body, this piece starts with the `END` that closes it.
     ends_body: bool,
+    /// Transaction control only (see [`Analysis::control_only`]).
+    control: bool,
 }
 
 struct Pass<'a, 'p> {
@@ -1167,6 +1178,8 @@ struct Pass<'a, 'p> {
     statements: u32,
     violation: Option<Violation>,
     backslash_in_standard: bool,
+    /// Every non-empty statement so far was transaction control.
+    all_control: bool,
 }
 
 impl<'a, 'p> Pass<'a, 'p> {
@@ -1185,6 +1198,7 @@ impl<'a, 'p> Pass<'a, 'p> {
             statements: 0,
             violation: None,
             backslash_in_standard: false,
+            all_control: true,
         }
     }
 
@@ -1255,6 +1269,7 @@ impl<'a, 'p> Pass<'a, 'p> {
             if !in_atomic {
                 routine = head.routine;
                 if head.nonempty {
+                    self.all_control &= head.control;
                     self.statements = self.statements.saturating_add(1);
                     if ended_before {
                         self.flags |= Flags::AFTER_TXN_END;
@@ -1757,15 +1772,23 @@ impl<'a, 'p> Pass<'a, 'p> {
         match lower(self.text(t), &mut buf) {
             b"select" | b"with" | b"values" | b"table" => head.into_check = true,
             b"begin" => {
+                head.control = true;
                 if !c.eat_kw("work") {
                     c.eat_kw("transaction");
                 }
                 self.flags |= Flags::TXN_BEGIN | self.modes(&mut c);
             }
             b"start" if c.eat_kw("transaction") => {
+                head.control = true;
                 self.flags |= Flags::TXN_BEGIN | self.modes(&mut c)
             }
+            b"savepoint" | b"release" => head.control = true,
+            b"set" => {
+                head.control = true;
+                self.set(&mut c);
+            }
             b"commit" => {
+                head.control = !c.peek_kw("prepared");
                 if c.eat_kw("prepared") {
                     self.flags |= Flags::TXN_END | Flags::NON_TXN;
                 } else {
@@ -1773,8 +1796,12 @@ impl<'a, 'p> Pass<'a, 'p> {
                 }
             }
             b"end" if in_atomic => head.ends_body = true,
-            b"end" | b"abort" => self.flags |= Flags::TXN_END | self.chain(&mut c),
+            b"end" | b"abort" => {
+                head.control = true;
+                self.flags |= Flags::TXN_END | self.chain(&mut c)
+            }
             b"rollback" => {
+                head.control = !c.peek_kw("prepared");
                 if c.eat_kw("prepared") {
                     self.flags |= Flags::TXN_END | Flags::NON_TXN;
                 } else {
@@ -1811,8 +1838,10 @@ impl<'a, 'p> Pass<'a, 'p> {
                     }
                 }
             }
-            b"set" => self.set(&mut c),
-            b"reset" => self.reset(&mut c),
+            b"reset" => {
+                head.control = true;
+                self.reset(&mut c)
+            }
             b"create" => head.routine = self.create(&mut c, false),
             b"drop"
                 if c.eat_kw("database")
@@ -2413,6 +2442,31 @@ mod tests {
         assert!(flags("START").is_empty());
         assert!(flags("SELECT begin FROM t").is_empty());
         assert_eq!(flags("DO $$ BEGIN PERFORM 1; END $$"), Flags::UNCERTAIN);
+    }
+
+    #[test]
+    fn transaction_control_only() {
+        let control = |sql: &str| analyze(sql.as_bytes(), true, &|_| false).control_only;
+        for sql in [
+            "BEGIN",
+            "BEGIN; START TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "savepoint s; rollback to savepoint s; release s",
+            "SET TRANSACTION READ ONLY; SET CONSTRAINTS ALL DEFERRED",
+            "SET LOCAL statement_timeout = '1s'; RESET work_mem",
+            "COMMIT AND CHAIN; END; ABORT",
+        ] {
+            assert!(control(sql), "{sql}");
+        }
+        for sql in [
+            "",
+            "BEGIN; SELECT 1",
+            "COMMIT PREPARED 'x'",
+            "ROLLBACK PREPARED 'x'",
+            "SELECT 1; COMMIT",
+            "SHOW search_path",
+        ] {
+            assert!(!control(sql), "{sql}");
+        }
     }
 
     #[test]

@@ -55,10 +55,13 @@ impl TenantCtx {
 
 /// The frames that set a context by the extended protocol.
 pub struct CtxFrames {
-    /// Bit for `ServerConn::ctx_prepared`: the statement exists on that connection.
+    /// Bit for `ServerConn::ctx` (`CtxStatements`).
     pub bit: u64,
     /// Parse frame of the statement.
     pub parse: Bytes,
+    /// Close of the statement, then its Parse: prepares it whatever an earlier, unanswered
+    /// Parse of it turns out to have done.
+    pub reparse: Bytes,
     /// Bind + Execute on the unnamed portal.
     pub unnamed: Bytes,
     /// Bind + Execute + Close on the portal `pgward_ctx`.
@@ -74,6 +77,9 @@ fn ctx_frames(stmt_name: &str, sql: &str, params: &[&[u8]], bit: u64) -> CtxFram
     def.extend_from_slice(&0i16.to_be_bytes());
     let mut parse = BytesMut::new();
     put_parse(&mut parse, stmt_name.as_bytes(), &def);
+    let mut reparse = BytesMut::new();
+    put_target(&mut reparse, b'C', b'S', stmt_name.as_bytes());
+    reparse.extend_from_slice(&parse);
     let mut unnamed = BytesMut::new();
     put_bind_text(&mut unnamed, b"", stmt_name.as_bytes(), params);
     put_execute(&mut unnamed, b"");
@@ -84,6 +90,7 @@ fn ctx_frames(stmt_name: &str, sql: &str, params: &[&[u8]], bit: u64) -> CtxFram
     CtxFrames {
         bit,
         parse: parse.freeze(),
+        reparse: reparse.freeze(),
         unnamed: unnamed.freeze(),
         named: named.freeze(),
     }

@@ -135,7 +135,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn check(db: &Database, tenant_roles: &[String]) -> Posture {
     let run = async {
-        let mut conn = crate::server::connect(&db.upstream, 0)
+        let mut conn = crate::server::connect(&db.upstream, 0, &db.pool.tcp)
             .await
             .map_err(|e| e.to_string())?;
         let sql = posture_sql(tenant_roles);

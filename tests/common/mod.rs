@@ -57,6 +57,10 @@ pub struct Opts {
     pub upstream_params: String,
     /// Extra postgresql.conf settings for the test's PostgreSQL.
     pub pg_conf: Vec<(String, String)>,
+    /// Extra lines for the `[pool]` section.
+    pub pool_extra: String,
+    /// Extra top-level lines.
+    pub top_extra: String,
 }
 
 impl Default for Opts {
@@ -72,6 +76,8 @@ impl Default for Opts {
             max_message_size: 64 << 20,
             upstream_params: "sslmode=disable".into(),
             pg_conf: Vec::new(),
+            pool_extra: String::new(),
+            top_extra: String::new(),
         }
     }
 }
@@ -135,6 +141,7 @@ pub fn config_text(pg_port: u16, o: &Opts) -> String {
 http_listen = "127.0.0.1:0"
 admin_users = ["admin"]
 max_message_size = {max_msg}
+{top_extra}
 
 [pool]
 mode = "{mode}"
@@ -143,6 +150,7 @@ min_size = {min_size}
 checkout_timeout = "{ct}"
 session_state = "{ss}"
 max_client_connections = {maxc}
+{pool_extra}
 
 [[databases]]
 name = "app"
@@ -173,6 +181,8 @@ password = "{pw}"
         upq = o.upstream_params,
         pw = PASSWORD,
         extra = o.extra,
+        top_extra = o.top_extra,
+        pool_extra = o.pool_extra,
     )
 }
 

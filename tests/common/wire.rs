@@ -28,11 +28,25 @@ pub enum Read {
 impl Wire {
     /// Over TCP to `port` on 127.0.0.1; answers cleartext and md5 password requests.
     pub async fn tcp(port: u16, user: &str, db: &str, password: &str) -> Result<Wire, String> {
+        Wire::tcp_with(port, user, db, password, &[])
+            .await
+            .map(|(w, _)| w)
+    }
+
+    /// [`Wire::tcp`] with more startup parameters; also returns the ParameterStatus values
+    /// the server reported at login.
+    pub async fn tcp_with(
+        port: u16,
+        user: &str,
+        db: &str,
+        password: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(Wire, Vec<(String, String)>), String> {
         let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
         s.set_nodelay(true).ok();
-        Wire::startup(Box::new(s), user, db, password).await
+        Wire::startup(Box::new(s), user, db, password, params).await
     }
 
     /// Over PostgreSQL's unix socket in `dir` (trust authentication).
@@ -40,7 +54,23 @@ impl Wire {
         let s = tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
             .await
             .map_err(|e| e.to_string())?;
-        Wire::startup(Box::new(s), user, db, "").await
+        Wire::startup(Box::new(s), user, db, "", &[])
+            .await
+            .map(|(w, _)| w)
+    }
+
+    /// [`Wire::unix`] with more startup parameters, and the ParameterStatus values reported.
+    pub async fn unix_with(
+        dir: &Path,
+        port: u16,
+        user: &str,
+        db: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(Wire, Vec<(String, String)>), String> {
+        let s = tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+            .await
+            .map_err(|e| e.to_string())?;
+        Wire::startup(Box::new(s), user, db, "", params).await
     }
 
     async fn startup(
@@ -48,7 +78,8 @@ impl Wire {
         user: &str,
         db: &str,
         password: &str,
-    ) -> Result<Wire, String> {
+        params: &[(&str, &str)],
+    ) -> Result<(Wire, Vec<(String, String)>), String> {
         let mut w = Wire {
             io,
             buf: BytesMut::new(),
@@ -58,7 +89,12 @@ impl Wire {
         for kv in ["user", user, "database", db] {
             put_cstr(&mut body, kv.as_bytes());
         }
+        for (k, v) in params {
+            put_cstr(&mut body, k.as_bytes());
+            put_cstr(&mut body, v.as_bytes());
+        }
         body.put_u8(0);
+        let mut reported = Vec::new();
         let mut out = BytesMut::new();
         out.put_i32(body.len() as i32 + 4);
         out.extend_from_slice(&body);
@@ -86,7 +122,13 @@ impl Wire {
                     }
                 }
                 Read::Msg(b'E', body) => return Err(error_text(&body)),
-                Read::Msg(b'Z', _) => return Ok(w),
+                Read::Msg(b'Z', _) => return Ok((w, reported)),
+                Read::Msg(b'S', body) => {
+                    let mut parts = body.split(|b| *b == 0);
+                    let k = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    let v = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    reported.push((k, v));
+                }
                 Read::Msg(..) => {}
                 Read::Eof => return Err("connection closed during startup".into()),
                 Read::Timeout => return Err("startup timed out".into()),

@@ -119,9 +119,10 @@ const NON_TXN: &[&str] = &[
     "CREATE INDEX CONCURRENTLY IF NOT EXISTS sink_idx ON sink (x)",
 ];
 
-/// Does `sql` start with a statement that cannot run in a transaction block?
+/// Does `sql` hold a statement that must come first in its transaction (cannot run in a
+/// transaction block or pipeline, or sets the isolation level)?
 pub fn is_non_txn(sql: &str) -> bool {
-    NON_TXN.iter().any(|s| sql.starts_with(s))
+    NON_TXN.iter().any(|s| sql.starts_with(s)) || sql.contains("ISOLATION LEVEL")
 }
 
 pub struct Gen {

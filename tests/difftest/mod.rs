@@ -134,10 +134,13 @@ impl Env {
 }
 
 /// Differences docs/tenancy.md lists: pgward refuses `COMMIT; …` sent inside a transaction
-/// (T1); a statement that cannot run in a pipeline fails after a Parse or Bind that got the
-/// context (an Execute) in the same implicit transaction, where PostgreSQL would run it
-/// because the client executed nothing yet; a Parse of a statement name that exists gets
-/// 42P05 even when its text is invalid too (PostgreSQL reports the text's error first).
+/// (T1); a statement that cannot run in a pipeline fails after a Parse, Bind, Describe or
+/// Close (that opened an implicit transaction) when pgward's context (an Execute) went in
+/// front of it, where PostgreSQL would run it because the client executed nothing yet; a Parse of a statement name that exists gets
+/// 42P05 even when its text is invalid too (PostgreSQL reports the text's error first); on
+/// Terminate after messages without a Sync, the answers delivered last may differ (PostgreSQL
+/// flushes an error but not the rest; pgward neither waits for unflushed answers nor
+/// withholds the ones it makes itself).
 fn documented(ops: &[Op], direct: &Run, r: &Run) -> Option<&'static str> {
     let at = direct.msgs.iter().zip(&r.msgs).position(|(a, b)| a != b);
     if let Some(i) = at {
@@ -145,12 +148,22 @@ fn documented(ops: &[Op], direct: &Run, r: &Run) -> Option<&'static str> {
             return Some("42P05 before the text's own error");
         }
     }
+    let terminated = matches!(ops.last(), Some(Op::Terminate));
+    if terminated && (r.msgs.starts_with(&direct.msgs) || direct.msgs.starts_with(&r.msgs)) {
+        return Some("last answers before Terminate without Sync");
+    }
     let has = |code: &str, text: &str| r.msgs.iter().any(|m| m.contains(code) && m.contains(text));
     if has("C=0A000", "may not end it and continue") {
         return Some("COMMIT; … inside a transaction refused");
     }
-    if has("C=25001", "within a pipeline") && non_txn_after_unexecuted_parse(ops) {
-        return Some("VACUUM after an unexecuted Parse");
+    if has("C=25001", "") && non_txn_after_unexecuted_parse(ops) {
+        return Some("VACUUM or isolation level after unexecuted extended messages");
+    }
+    let isolation_then_more = ops
+        .iter()
+        .any(|o| matches!(o, Op::Query(q) if q.contains("ISOLATION LEVEL") && q.contains(';')));
+    if has("C=25001", "before any query") && isolation_then_more {
+        return Some("isolation level and more statements in one Query, in an open transaction");
     }
     None
 }
@@ -162,7 +175,9 @@ fn non_txn_after_unexecuted_parse(ops: &[Op]) -> bool {
             Op::Query(sql) | Op::Parse(_, sql) if gen::is_non_txn(sql) && parsed_unexecuted => {
                 return true
             }
-            Op::Parse(..) | Op::Bind(..) => parsed_unexecuted = true,
+            Op::Parse(..) | Op::Bind(..) | Op::Close(..) | Op::Describe(..) => {
+                parsed_unexecuted = true
+            }
             Op::Execute(..) | Op::Sync | Op::Query(_) => parsed_unexecuted = false,
             _ => {}
         }
