@@ -17,7 +17,8 @@
 # Environment overrides: BENCH_ROUNDS, BENCH_DURATION (s), BENCH_WORKLOADS (space-separated ids,
 # see WORKLOADS below), BENCH_IDLE_CLIENTS (default 10000), PGWARD_BIN (skip the cargo build),
 # PGWARD_REV (label of that binary in the report), BENCH_PGWARD_WORKERS (pgward's `workers`,
-# default 1), CARGO_TARGET_DIR, PGBIN.
+# default 1), BENCH_TENANT_ROLE=1 (the tenant target in the recommended fail-closed setup:
+# `baseline_role` on the database and a tenant role per transaction), CARGO_TARGET_DIR, PGBIN.
 set -euo pipefail
 
 QUICK=0
@@ -194,6 +195,12 @@ export PGPASSWORD=$PASSWORD
 log "pgbench -i -s 10"
 pgbench -i -s 10 -q -h 127.0.0.1 -p "$PG_PORT" -U pgward app >"$WORK/pgbench-init.log" 2>&1 ||
     { cat "$WORK/pgbench-init.log"; die "pgbench -i failed"; }
+TENANT_ROLE=${BENCH_TENANT_ROLE:-0}
+if [[ $TENANT_ROLE == 1 ]]; then
+    psql_admin -d app -c "CREATE ROLE bench_nobody NOLOGIN" -c "CREATE ROLE bench_tenant NOLOGIN" \
+        -c "GRANT bench_nobody, bench_tenant TO pgward" \
+        -c "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO bench_tenant"
+fi
 echo "SELECT 1;" >"$WORK/select1.sql"
 
 # ---------------------------------------------------------------------------------- PgBouncer
@@ -235,7 +242,10 @@ EOF
 
 # ---------------------------------------------------------------------------------- pgward
 write_pgward_config() { # file port http_port(or "") tenant(0/1)
-    local f=$1 port=$2 http=$3 tenant=$4
+    local f=$1 port=$2 http=$3 tenant=$4 baseline="" role=""
+    if [[ $tenant == 1 && $TENANT_ROLE == 1 ]]; then
+        baseline='baseline_role = "bench_nobody"' role='role = "bench_tenant"'
+    fi
     {
         echo "listen = \"127.0.0.1:$port\""
         [[ -n $http ]] && echo "http_listen = \"127.0.0.1:$http\""
@@ -252,6 +262,7 @@ checkout_timeout = "5s"
 [[databases]]
 name = "app"
 upstream = "postgres://pgward:$PASSWORD@127.0.0.1:$PG_PORT/app?sslmode=disable"
+$baseline
 
 [[users]]
 name = "app_user"
@@ -272,6 +283,7 @@ id = "t1"
 database = "app"
 search_path = ["public"]
 settings = { "app.tenant_id" = "t1" }
+$role
 EOF
         fi
     } >"$f"

@@ -79,6 +79,40 @@ fn require_python_module(module: &str) -> bool {
     }
 }
 
+/// True if `node` and the packages of tests/drivers/node are installed; else as
+/// [`require_python_module`]: SKIPPED, or a panic in CI.
+fn require_node_pg() -> bool {
+    let dir = script("node");
+    let out = std::process::Command::new("node")
+        .current_dir(&dir)
+        .args([
+            "-e",
+            "for (const m of ['pg', 'pg-copy-streams', 'pg-cursor']) require(m); \
+             console.log(process.version, 'pg', require('pg/package.json').version)",
+        ])
+        .output();
+    let reason = match out {
+        Err(e) => format!("node could not be run ({e})"),
+        Ok(o) if o.status.success() => {
+            eprintln!("using node {}", String::from_utf8_lossy(&o.stdout).trim());
+            return true;
+        }
+        Ok(o) => format!(
+            "node-postgres is not installed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        ),
+    };
+    let install = "npm install --prefix tests/drivers/node";
+    if in_ci() {
+        panic!("{reason}. The node test needs it in CI: {install}");
+    }
+    eprintln!("SKIPPED: {reason}; run `{install}` to run this test");
+    false
+}
+
 /// pgjdbc's jar: `PGJDBC_JAR`, else Debian's `libpostgresql-jdbc-java`.
 fn pgjdbc_jar() -> PathBuf {
     std::env::var_os("PGJDBC_JAR")
@@ -133,6 +167,8 @@ async fn run_script(h: &Harness, name: &str, args: &[&str]) {
         let mut c = tokio::process::Command::new("java");
         c.arg("-cp").arg(pgjdbc_jar());
         c
+    } else if name.ends_with(".js") {
+        tokio::process::Command::new("node")
     } else {
         tokio::process::Command::new("python3")
     };
@@ -370,6 +406,20 @@ async fn psycopg_bulk_paths_keep_the_tenant_context() {
     let h = Harness::start(driver_opts(2)).await;
     let noise = other_clients(&h);
     run_script(&h, "psycopg_check.py", &["bulk-context"]).await;
+    noise.stop().await;
+}
+
+/// node-postgres: COPY in and out (pg-copy-streams) inside and outside a transaction, a
+/// cursor (pg-cursor), named prepared statements, an error, a pg.Pool — each followed by
+/// the tenant context checks, over two server connections shared with other clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pg_bulk_paths_keep_the_tenant_context() {
+    if !require_node_pg() {
+        return;
+    }
+    let h = Harness::start(driver_opts(2)).await;
+    let noise = other_clients(&h);
+    run_script(&h, "node/node_check.js", &[]).await;
     noise.stop().await;
 }
 
