@@ -14,6 +14,8 @@
 //!   `ServerStatements::contains` on a connection that has it.
 //! - `metrics/statement_record`: `LabelSet::statement(Command::Select, d)` through the handles
 //!   from `metrics::labels` (resolved once, as a session does).
+//! - `pool_gate/*`: an uncontended checkout's permit from the fair gate (`pool::fair`), taken and
+//!   given back, beside the tokio semaphore it replaced.
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
@@ -238,6 +240,26 @@ fn bench_metrics(c: &mut Criterion) {
     g.finish();
 }
 
+/// The uncontended checkout of a pool's gate (a permit taken and given back, nobody waiting),
+/// against the tokio semaphore it replaced.
+fn bench_pool_gate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pool_gate");
+    let gate = pgward::pool::fair::FairGate::new(20);
+    let class: pgward::pool::ClassKey = Arc::from("acme");
+    g.bench_function("fair_acquire_release", |b| {
+        b.iter(|| {
+            drop(black_box(
+                gate.try_acquire(&class, pgward::pool::Share::EQUAL),
+            ))
+        })
+    });
+    let sem = Arc::new(tokio::sync::Semaphore::new(20));
+    g.bench_function("semaphore_acquire_release", |b| {
+        b.iter(|| drop(black_box(sem.clone().try_acquire_owned())))
+    });
+    g.finish();
+}
+
 fn short() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -248,6 +270,7 @@ fn short() -> Criterion {
 criterion_group! {
     name = hot_path;
     config = short();
-    targets = bench_frames, bench_classify, bench_tenant_ctx, bench_prepared, bench_metrics
+    targets = bench_frames, bench_classify, bench_tenant_ctx, bench_prepared, bench_metrics,
+        bench_pool_gate
 }
 criterion_main!(hot_path);

@@ -156,6 +156,12 @@ fn publish_gauges(shared: &Shared) {
             .absolute(p.stats.bytes_received.load(Ordering::Relaxed));
         metrics::counter!("pgward_bytes_total", "database" => db, "direction" => "to_clients")
             .absolute(p.stats.bytes_sent.load(Ordering::Relaxed));
+        let shares: Vec<_> = p
+            .shares()
+            .into_iter()
+            .filter(|(class, _, _)| !class.is_empty() && !class.starts_with('\0'))
+            .collect();
+        crate::metrics::set_tenant_share_gauges(p.name(), &shares);
         let (max, total) = p.prepared_counts();
         let db = p.name().to_string();
         metrics::gauge!("pgward_server_prepared_statements", "database" => db.clone(), "stat" => "max").set(max as f64);

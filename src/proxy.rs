@@ -41,6 +41,8 @@ pub struct Shared {
     pub clients: DashMap<u64, Arc<ClientInfo>>,
     /// Clients from their startup packet on (`max_client_connections`).
     pub client_count: AtomicUsize,
+    /// Clients per tenant (`max_client_connections` of a tenant).
+    pub tenant_clients: Arc<crate::tenancy::limits::ClientCounts>,
     /// Connections still logging in (`max_pending_logins`).
     pub pending_logins: AtomicUsize,
     pub next_client: AtomicU64,
@@ -86,6 +88,7 @@ impl Shared {
             statements: Registry::default(),
             clients: DashMap::new(),
             client_count: AtomicUsize::new(0),
+            tenant_clients: Default::default(),
             pending_logins: AtomicUsize::new(0),
             next_client: AtomicU64::new(1),
             started: Instant::now(),
@@ -156,6 +159,7 @@ impl Shared {
                 Some(p) => {
                     format!("{:?}{:?}", p.db.upstream, p.db.pool)
                         != format!("{:?}{:?}", db.upstream, db.pool)
+                        || p.db.tenant_defaults != db.tenant_defaults
                 }
                 None => true,
             };

@@ -228,14 +228,33 @@ fn tenants(shared: &Shared) -> Table {
         "settings",
         "users",
         "clients",
+        "waiting",
+        "server_connections",
+        "weight",
+        "max_server_connections",
+        "max_client_connections",
     ]);
+    let cfg = shared.config();
     for ten in shared.tenants.load().sorted() {
         let id = &ten.id;
-        let clients = shared
-            .clients
-            .iter()
-            .filter(|c| c.tenant.as_ref() == Some(id))
-            .count();
+        let clients = shared.tenant_clients.get(id);
+        let pool = shared.pool(&ten.database);
+        let (waiting, held) = pool
+            .as_ref()
+            .and_then(|p| p.shares().into_iter().find(|(c, _, _)| &**c == id))
+            .map_or((0, 0), |(_, w, h)| (w, h));
+        let defaults = cfg
+            .database(&ten.database)
+            .map(|d| (d.pool.size, d.tenant_defaults))
+            .unwrap_or_default();
+        let max_server = ten
+            .limits
+            .share(defaults.0, defaults.1.max_server_connections)
+            .max;
+        let max_clients = ten
+            .limits
+            .max_client_connections
+            .or(defaults.1.max_client_connections);
         t.row(vec![
             s(id),
             s(&ten.database),
@@ -249,6 +268,11 @@ fn tenants(shared: &Shared) -> Table {
                 .join(", ")),
             ten.users.as_ref().map(|u| u.join(", ")),
             s(clients),
+            s(waiting),
+            s(held),
+            s(ten.limits.weight),
+            (max_server != usize::MAX).then(|| max_server.to_string()),
+            max_clients.map(|n| n.to_string()),
         ]);
     }
     t

@@ -1,17 +1,31 @@
-//! Taking a server connection for a client: FIFO checkout with the pool's timeout, then the
-//! client's session parameters are synced, pipelined in front of the client's first message
-//! (a swallowed simple Query, only when something differs).
+//! Taking a server connection for a client: a fair checkout (by tenant) with the pool's
+//! timeout, then the client's session parameters are synced, pipelined in front of the
+//! client's first message (a swallowed simple Query, only when something differs).
 
 use std::sync::atomic::Ordering;
 
 use super::session::Session;
-use crate::pool::CheckoutError;
+use crate::pool::{CheckoutError, Share};
 use crate::protocol::backend::PgError;
 use crate::protocol::frontend::put_query;
 use crate::server::pending::{Action, Kind};
 use crate::server::txn::{Msg, QueryEffect};
 
 impl Session {
+    /// The client's share of its pool: its tenant's current limits (after reloads and
+    /// refreshes), else an equal one.
+    fn share(&self) -> Share {
+        let Some(t) = &self.tenant else {
+            return Share::EQUAL;
+        };
+        let current = self.shared.tenants.load();
+        let limits = current
+            .get(&t.tenant.id)
+            .map_or(t.tenant.limits, |c| c.tenant.limits);
+        let db = &self.pool.db;
+        limits.share(db.pool.size, db.tenant_defaults.max_server_connections)
+    }
+
     pub(super) async fn acquire_server(&mut self) -> Result<(), PgError> {
         if self.pool.is_closed() {
             // The pool was replaced by a reload: continue on the new one.
@@ -23,9 +37,10 @@ impl Session {
         self.info.state.store(2, Ordering::Relaxed);
         // Boxed so that waiting for a server does not enlarge every idle client's task.
         let (pool, cancel, since) = (&self.pool, &self.cancel, &self.info.wait_since_us);
+        let (class, share) = (&self.class, self.share());
         let r = Box::pin(async move {
             tokio::select! {
-                r = pool.checkout(Some(since)) => Some(r),
+                r = pool.checkout(class, share, Some(since)) => Some(r),
                 _ = cancel.cancelled_while_waiting() => None,
             }
         })
@@ -40,10 +55,18 @@ impl Session {
         self.info.state.store(1, Ordering::Relaxed);
         let mut co = r.map_err(|e| {
             self.info.state.store(0, Ordering::Relaxed);
+            let tenant = match self.class.is_empty() {
+                true => String::new(),
+                false => format!(" (tenant \"{}\")", self.class),
+            };
             match &e {
-                CheckoutError::Timeout { .. } => PgError::error("53300", format!("pgward: {e}")),
+                CheckoutError::Timeout { .. } => {
+                    if !tenant.is_empty() {
+                        crate::metrics::tenant_refusal(&self.class, "checkout_timeout");
+                    }
+                    PgError::error("53300", format!("pgward: {e}{tenant}"))
+                }
                 CheckoutError::Connect { .. } => PgError::error("08006", format!("pgward: {e}")),
-                CheckoutError::Closed(_) => PgError::error("57P01", format!("pgward: {e}")),
             }
         })?;
         let conn = co.conn();

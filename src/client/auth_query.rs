@@ -107,6 +107,7 @@ pub fn user_pool(
             pool: db.pool.clone(),
             tenant_required: db.tenant_required,
             role_check: db.role_check,
+            tenant_defaults: db.tenant_defaults,
         }),
         key.clone(),
     );

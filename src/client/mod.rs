@@ -369,12 +369,30 @@ async fn handshake(
         .tenant
         .as_ref()
         .and_then(|t| shared.tenants.load().get(&t.id).cloned());
+    // The client's class in the pool's fair queue: its tenant, or the plain clients.
+    let class = crate::pool::ClassKey::from(resolved.tenant.as_ref().map_or("", |t| t.id.as_str()));
     if tenant.is_some() {
         if let Some(e) = crate::tenancy::posture::refusal(shared, &db) {
             send_error(&mut stream, e).await;
             return None;
         }
     }
+    let tenant_slot = match &tenant {
+        Some(t) => {
+            let max = (t.tenant.limits.max_client_connections)
+                .or(db.tenant_defaults.max_client_connections);
+            match shared.tenant_clients.take(&class, max) {
+                Ok(slot) => Some(slot),
+                Err(max) => {
+                    crate::metrics::tenant_refusal(&t.tenant.id, "max_client_connections");
+                    let msg = format!("pgward: too many client connections for tenant \"{}\" (max_client_connections = {max})", t.tenant.id);
+                    send_error(&mut stream, PgError::fatal("53300", msg)).await;
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
     if let Some(t) = &tenant {
         // T3 at login: a startup parameter (or `options=-c …`) may not set what the tenant
         // context sets, as `SET` may not.
@@ -409,7 +427,7 @@ async fn handshake(
         }
     };
     let mut params = ClientParams::new(&baseline, &resolved.params);
-    if let Err(e) = startup_check::check(&pool, &mut params).await {
+    if let Err(e) = startup_check::check(&pool, &class, &mut params).await {
         send_error(&mut stream, e).await;
         return None;
     }
@@ -456,6 +474,7 @@ async fn handshake(
             .or_else(|| shared.tenants.load().plain(&db.name).cloned())
             .filter(|t| t.pairs > 0),
         tenant,
+        class,
         params,
         max_message: cfg.max_message_size,
         cancel,
@@ -483,6 +502,7 @@ async fn handshake(
         fatal_relayed: false,
         timers: Default::default(),
         _slot: slot,
+        _tenant_slot: tenant_slot,
         acquire_error: None,
         observe: (cfg.metrics.query_stats || cfg.metrics.slow_statement_threshold.is_some()).then(
             || {

@@ -52,6 +52,10 @@ pub struct Session {
     pub(super) policy: SessionStatePolicy,
     /// The tenant the client selected (identity, guards, labels).
     pub(super) tenant: Option<Arc<TenantCtx>>,
+    /// The client's class in the pool's fair queue (tenant id, `""` for plain clients).
+    pub(super) class: crate::pool::ClassKey,
+    /// Counts the client for its tenant's `max_client_connections`.
+    pub(super) _tenant_slot: Option<crate::tenancy::limits::TenantSlot>,
     /// The context its transactions get: the tenant's, or the database's for plain clients
     /// when it has a baseline role; `None` when there is nothing to set.
     pub(super) ctx: Option<Arc<TenantCtx>>,

@@ -34,7 +34,11 @@ const ANY_VALUE: &[&str] = &["application_name"];
 
 /// Check `params`' startup values on `pool`'s server, and take PostgreSQL's spelling of each.
 /// `Err` is the FATAL to refuse the login with.
-pub async fn check(pool: &Arc<Pool>, params: &mut ClientParams) -> Result<(), PgError> {
+pub async fn check(
+    pool: &Arc<Pool>,
+    class: &crate::pool::ClassKey,
+    params: &mut ClientParams,
+) -> Result<(), PgError> {
     let mut known: Vec<(String, String)> = Vec::new();
     let unchecked: Vec<(String, String, String)> = {
         let accepted = pool
@@ -63,7 +67,8 @@ pub async fn check(pool: &Arc<Pool>, params: &mut ClientParams) -> Result<(), Pg
     if unchecked.is_empty() {
         return Ok(());
     }
-    let Some(Ok(mut co)) = pool.checkout_now().await else {
+    // Best effort and brief: only a connection nobody waits for, outside the tenant's limit.
+    let Some(Ok(mut co)) = pool.checkout_now(class, crate::pool::Share::EQUAL).await else {
         return Ok(());
     };
     let sql = set_config_select(

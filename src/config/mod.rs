@@ -90,6 +90,15 @@ pub struct Database {
     /// What to do when statements without a tenant context would run as a role that can
     /// bypass row-level security (T5).
     pub role_check: RoleCheck,
+    /// Limits of its tenants that set none of their own.
+    pub tenant_defaults: TenantDefaults,
+}
+
+/// A database's defaults for the limits of its tenants (`crate::tenancy::limits`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TenantDefaults {
+    pub max_server_connections: Option<crate::tenancy::limits::ServerCap>,
+    pub max_client_connections: Option<usize>,
 }
 
 /// The check, at start and reload, of the role a statement without its tenant's context
@@ -129,6 +138,7 @@ pub struct Tenant {
     pub role: Option<String>,
     /// `None`: every configured user may select this tenant.
     pub users: Option<Vec<String>>,
+    pub limits: crate::tenancy::limits::TenantLimits,
 }
 
 #[derive(Debug)]

@@ -180,6 +180,12 @@ pub struct RawDatabase {
     /// Overrides `pool.idle_transaction_timeout` for this database.
     #[serde(default)]
     pub idle_transaction_timeout: Option<String>,
+    /// Default `max_server_connections` of its tenants.
+    #[serde(default)]
+    pub tenant_max_server_connections: Option<RawCap>,
+    /// Default `max_client_connections` of its tenants.
+    #[serde(default)]
+    pub tenant_max_client_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -206,6 +212,31 @@ pub struct RawTenant {
     pub role: Option<String>,
     #[serde(default)]
     pub users: Option<Vec<String>>,
+    /// Weight in the pool's fair queue (default 1).
+    #[serde(default)]
+    pub weight: Option<f64>,
+    /// Server connections it may hold at once: a number or "N%" of the pool size.
+    #[serde(default)]
+    pub max_server_connections: Option<RawCap>,
+    #[serde(default)]
+    pub max_client_connections: Option<usize>,
+}
+
+/// A number, or a string such as "25%".
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawCap {
+    Number(i64),
+    Text(String),
+}
+
+impl RawCap {
+    fn parse(&self) -> Result<crate::tenancy::limits::ServerCap, String> {
+        match self {
+            RawCap::Number(n) => crate::tenancy::limits::ServerCap::parse(&n.to_string()),
+            RawCap::Text(s) => crate::tenancy::limits::ServerCap::parse(s),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -461,12 +492,30 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         if let Some(t) = &d.idle_transaction_timeout {
             settings.idle_transaction_timeout = dur(&key("idle_transaction_timeout"), t)?;
         }
+        let tenant_defaults = TenantDefaults {
+            max_server_connections: d
+                .tenant_max_server_connections
+                .as_ref()
+                .map(RawCap::parse)
+                .transpose()
+                .map_err(|e| err(key("tenant_max_server_connections"), e))?,
+            max_client_connections: match d.tenant_max_client_connections {
+                Some(0) => {
+                    return Err(err(
+                        key("tenant_max_client_connections"),
+                        "must be at least 1".into(),
+                    ))
+                }
+                n => n,
+            },
+        };
         databases.push(Arc::new(Database {
             name: d.name.clone(),
             upstream,
             pool: settings,
             tenant_required: d.tenant_required,
             role_check,
+            tenant_defaults,
         }));
     }
 
@@ -577,6 +626,29 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             };
             settings.insert(lk, value);
         }
+        let limits = crate::tenancy::limits::TenantLimits {
+            weight: match t.weight {
+                Some(w) => {
+                    crate::tenancy::limits::parse_weight(w).map_err(|e| err(key("weight"), e))?
+                }
+                None => 1.0,
+            },
+            max_server_connections: t
+                .max_server_connections
+                .as_ref()
+                .map(RawCap::parse)
+                .transpose()
+                .map_err(|e| err(key("max_server_connections"), e))?,
+            max_client_connections: match t.max_client_connections {
+                Some(0) => {
+                    return Err(err(
+                        key("max_client_connections"),
+                        "must be at least 1".into(),
+                    ))
+                }
+                n => n,
+            },
+        };
         if let Some(list) = &t.users {
             for (j, u) in list.iter().enumerate() {
                 if !users.contains_key(u) {
@@ -597,6 +669,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
                     settings,
                     role: t.role.clone(),
                     users: t.users.clone(),
+                    limits,
                 }),
             )
             .is_some()

@@ -12,6 +12,7 @@
 
 pub mod histogram;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -190,6 +191,18 @@ fn describe() {
     );
     describe_gauge!("pgward_client_connections", "Client connections by state");
     describe_gauge!("pgward_server_connections", "Server connections by state");
+    describe_gauge!(
+        "pgward_tenant_clients_waiting",
+        "Clients of a tenant waiting for a server connection"
+    );
+    describe_gauge!(
+        "pgward_tenant_server_connections",
+        "Server connections a tenant's clients hold"
+    );
+    describe_counter!(
+        "pgward_tenant_refusals_total",
+        "Clients of a tenant refused by one of its limits, by reason"
+    );
     describe_counter!(
         "pgward_errors_total",
         "ErrorResponses sent to clients, by SQLSTATE class"
@@ -235,17 +248,7 @@ pub fn labels(database: &str, tenant: Option<&str>) -> Arc<LabelSet> {
     };
     let tenant_label: Arc<str> = match tenant {
         None => "".into(),
-        Some(t) => {
-            let known = r.tenants_labelled.contains_key(t);
-            if known || r.tenants_labelled.len() < r.cap.load(Ordering::Relaxed) {
-                if !known {
-                    r.tenants_labelled.insert(t.into(), ());
-                }
-                t.into()
-            } else {
-                "other".into()
-            }
-        }
+        Some(t) => tenant_label(r, t),
     };
     let key = (Arc::<str>::from(database), tenant_label.clone());
     if let Some(s) = r.sets.get(&key) {
@@ -264,6 +267,28 @@ pub fn labels(database: &str, tenant: Option<&str>) -> Arc<LabelSet> {
         tenant: tenant_label.clone(),
     });
     r.sets.entry(key).or_insert(set).clone()
+}
+
+/// `tenant` as a label value: itself while fewer than `tenant_label_cap` tenants are
+/// labelled, else "other".
+fn tenant_label(r: &Registry, tenant: &str) -> Arc<str> {
+    let known = r.tenants_labelled.contains_key(tenant);
+    if known || r.tenants_labelled.len() < r.cap.load(Ordering::Relaxed) {
+        if !known {
+            r.tenants_labelled.insert(tenant.into(), ());
+        }
+        tenant.into()
+    } else {
+        "other".into()
+    }
+}
+
+/// A tenant's client was refused by one of its limits (`reason`: the limit's key).
+pub fn tenant_refusal(tenant: &str, reason: &'static str) {
+    if let Some(r) = REGISTRY.get() {
+        counter!("pgward_tenant_refusals_total", "tenant" => tenant_label(r, tenant).to_string(), "reason" => reason)
+            .increment(1);
+    }
 }
 
 fn noop_set() -> LabelSet {
@@ -357,6 +382,45 @@ pub fn timeout(kind: &'static str) {
 
 pub fn rejected(reason: &'static str) {
     counter!("pgward_rejected_statements_total", "reason" => reason).increment(1);
+}
+
+/// Per tenant of one pool: clients waiting for a server connection, and server connections
+/// held (`shares`: tenant, waiting, held). Tenants no longer listed are set to zero.
+pub fn set_tenant_share_gauges(database: &str, shares: &[(Arc<str>, usize, usize)]) {
+    type Seen = std::sync::Mutex<HashSet<(String, Arc<str>)>>;
+    static SEEN: OnceLock<Seen> = OnceLock::new();
+    let Some(r) = REGISTRY.get() else {
+        return;
+    };
+    let mut now: HashMap<Arc<str>, (usize, usize)> = HashMap::new();
+    for (tenant, waiting, held) in shares {
+        let e = now.entry(tenant_label(r, tenant)).or_default();
+        e.0 += waiting;
+        e.1 += held;
+    }
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let gone: Vec<(String, Arc<str>)> = seen
+        .iter()
+        .filter(|(db, t)| db == database && !now.contains_key(t))
+        .cloned()
+        .collect();
+    for k in gone {
+        seen.remove(&k);
+        now.insert(k.1, (0, 0));
+    }
+    for (tenant, (waiting, held)) in now {
+        let (db, t) = (database.to_string(), tenant.to_string());
+        gauge!("pgward_tenant_clients_waiting", "database" => db.clone(), "tenant" => t.clone())
+            .set(waiting as f64);
+        gauge!("pgward_tenant_server_connections", "database" => db.clone(), "tenant" => t)
+            .set(held as f64);
+        if waiting + held > 0 {
+            seen.insert((db, tenant));
+        }
+    }
 }
 
 pub fn set_connection_gauges(

@@ -72,7 +72,7 @@ pub async fn run_once(pool: &Arc<Pool>) {
         0
     };
     for _ in 0..want {
-        let Ok(permit) = pool.sem.clone().try_acquire_owned() else {
+        let Some(permit) = pool.own_permit() else {
             break;
         };
         match pool.open().await {

@@ -1,8 +1,9 @@
 //! A pool of server connections for one database (one upstream, one server user).
 //!
 //! Invariants:
-//! - At most `size` connections are checked out or being opened: a semaphore permit is held
-//!   for each, and waiters are served first-in first-out (tokio's fair semaphore). Idle
+//! - At most `size` connections are checked out or being opened: a [`fair::Permit`] is held
+//!   for each; waiters are served by fair sharing of connection time between tenants (and
+//!   the plain clients as one more class), first-in first-out within one (`fair.rs`). Idle
 //!   connections come only from check-ins and the maintenance top-up (which counts them), so
 //!   idle + in use stays within `size` too.
 //! - A [`Checkout`] is an RAII guard: dropped without [`Checkout::checkin`], its connection is
@@ -10,6 +11,7 @@
 //! - An idle connection is checked for liveness and age before it is handed out.
 //! - No lock is held across an `.await`; the idle list uses a short `std::sync::Mutex`.
 
+pub mod fair;
 pub mod maintain;
 pub mod stats;
 
@@ -18,11 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::config::{Database, PoolMode};
 use crate::server::params::ParamSet;
 use crate::server::{connect, ServerConn, ServerError};
+pub use fair::{ClassKey, Share};
+use fair::{FairGate, Permit};
 pub use stats::PoolStats;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +43,6 @@ pub enum CheckoutError {
         #[source]
         source: ServerError,
     },
-    #[error("pool {0} is shutting down")]
-    Closed(String),
 }
 
 pub struct Pool {
@@ -48,7 +50,9 @@ pub struct Pool {
     /// Key in the pool registry (`database`, or `database\0user` for auth_query users).
     pub key: String,
     idle: Mutex<Vec<ServerConn>>,
-    sem: Arc<Semaphore>,
+    gate: Arc<FairGate>,
+    /// The class of the pool's own work on the gate (maintenance, probes).
+    own_class: ClassKey,
     pub stats: PoolStats,
     /// `pgward_checkout_wait_seconds` for this pool.
     wait_histogram: metrics::Histogram,
@@ -78,7 +82,7 @@ pub struct Pool {
 
 pub struct Checkout {
     conn: Option<ServerConn>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
     pub pool: Arc<Pool>,
     pub since: Instant,
 }
@@ -92,7 +96,8 @@ impl Pool {
     pub fn with_key(db: Arc<Database>, key: String) -> Arc<Pool> {
         Arc::new(Pool {
             key,
-            sem: Arc::new(Semaphore::new(db.pool.size)),
+            gate: FairGate::new(db.pool.size),
+            own_class: ClassKey::from("\0pgward"),
             wait_histogram: crate::metrics::checkout_wait(&db.name),
             db,
             idle: Mutex::new(Vec::new()),
@@ -125,24 +130,27 @@ impl Pool {
         format!("{}/{}", self.db.name, self.db.upstream.user)
     }
 
-    /// Wait (FIFO, bounded by `checkout_timeout`) for a connection: an idle one that is still
-    /// alive, or a new one. While it waits in the queue, `since` (if given) holds when the
-    /// wait began (µs since the Unix epoch), else 0: `maxwait` of SHOW POOLS.
+    /// Wait (bounded by `checkout_timeout`; fair between classes, FIFO within `class`) for a
+    /// connection: an idle one that is still alive, or a new one. While it waits in the
+    /// queue, `since` (if given) holds when the wait began (µs since the Unix epoch), else 0:
+    /// `maxwait` of SHOW POOLS.
     pub async fn checkout(
         self: &Arc<Self>,
+        class: &ClassKey,
+        share: Share,
         since: Option<&AtomicU64>,
     ) -> Result<Checkout, CheckoutError> {
         // Fast path: a permit is free (none are, while anybody waits: released permits go to
         // waiters first, so this never overtakes the queue) and nothing is paused.
         let fast = match self.paused.load(Ordering::Acquire) {
-            false => self.sem.clone().try_acquire_owned().ok(),
+            false => self.gate.try_acquire(class, share),
             true => None,
         };
         let (permit, waited) = match fast {
             Some(p) => (p, Duration::ZERO),
             None => {
                 let _waiting = since.map(Waiting::start);
-                self.wait_permit().await?
+                self.wait_permit(class, share).await?
             }
         };
         self.with_permit(permit, waited).await
@@ -150,18 +158,33 @@ impl Pool {
 
     /// A connection only if one can be had without queueing (a permit is free and the pool
     /// is not paused), else `None`: for best-effort work that must not make a client wait.
-    pub async fn checkout_now(self: &Arc<Self>) -> Option<Result<Checkout, CheckoutError>> {
+    pub async fn checkout_now(
+        self: &Arc<Self>,
+        class: &ClassKey,
+        share: Share,
+    ) -> Option<Result<Checkout, CheckoutError>> {
         if self.paused.load(Ordering::Acquire) {
             return None;
         }
-        let permit = self.sem.clone().try_acquire_owned().ok()?;
+        let permit = self.gate.try_acquire(class, share)?;
         Some(self.with_permit(permit, Duration::ZERO).await)
+    }
+
+    /// A permit for the pool's own work (maintenance, probes), only if one is free.
+    fn own_permit(&self) -> Option<Permit> {
+        self.gate.try_acquire(&self.own_class, Share::EQUAL)
+    }
+
+    /// Waiting clients and server connections held, by class (tenant id, `""` for plain
+    /// clients).
+    pub fn shares(&self) -> Vec<(ClassKey, usize, usize)> {
+        self.gate.snapshot()
     }
 
     /// The rest of a checkout once a permit is held: an idle connection, or a new one.
     async fn with_permit(
         self: &Arc<Self>,
-        permit: OwnedSemaphorePermit,
+        permit: Permit,
         waited: Duration,
     ) -> Result<Checkout, CheckoutError> {
         self.record_wait(waited);
@@ -187,7 +210,11 @@ impl Pool {
     }
 
     /// The slow path of [`Pool::checkout`]: queue for a permit (and for RESUME).
-    async fn wait_permit(&self) -> Result<(OwnedSemaphorePermit, Duration), CheckoutError> {
+    async fn wait_permit(
+        &self,
+        class: &ClassKey,
+        share: Share,
+    ) -> Result<(Permit, Duration), CheckoutError> {
         let start = Instant::now();
         let limit = self.db.pool.checkout_timeout;
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -199,13 +226,12 @@ impl Pool {
                 }
                 notified.await;
             }
-            self.sem.clone().acquire_owned().await
+            self.gate.acquire(class, share).await
         })
         .await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         match permit {
-            Ok(Ok(p)) => Ok((p, start.elapsed())),
-            Ok(Err(_)) => Err(CheckoutError::Closed(self.label())),
+            Ok(p) => Ok((p, start.elapsed())),
             Err(_) => Err(CheckoutError::Timeout {
                 pool: self.label(),
                 waited: limit,
@@ -317,7 +343,7 @@ impl Pool {
     /// `ready_probe_timeout`, never taking a connection a client is waiting for. A probe that
     /// fails or times out closes its connection and makes `/ready` fail.
     pub async fn probe(self: &Arc<Self>) {
-        let Ok(permit) = self.sem.clone().try_acquire_owned() else {
+        let Some(permit) = self.own_permit() else {
             return; // every connection is in use: completed transactions are the proof
         };
         let mut conn = match self.take_idle(Instant::now()) {
@@ -363,7 +389,7 @@ impl Pool {
         {
             return Ok(b);
         }
-        let co = self.checkout(None).await?;
+        let co = self.checkout(&self.own_class, Share::EQUAL, None).await?;
         co.checkin();
         Ok(self
             .baseline

@@ -144,6 +144,7 @@ impl TenantContexts {
                     settings: Default::default(),
                     role: None,
                     users: None,
+                    limits: Default::default(),
                 });
                 (
                     d.name.clone(),
@@ -298,6 +299,7 @@ mod tests {
             settings,
             role: Some("r".into()),
             users: None,
+            limits: Default::default(),
         });
         let c = build_one(
             t,

@@ -4,6 +4,7 @@
 //! run as ([`posture`], T5).
 
 pub mod context;
+pub mod limits;
 pub mod posture;
 pub mod resolve;
 pub mod source;

@@ -86,6 +86,11 @@ async fn load(cfg: &Config, tq: &TenantQuery) -> Result<Vec<Tenant>, String> {
             col("settings"),
             col("role"),
             col("users"),
+            [
+                col("weight"),
+                col("max_server_connections"),
+                col("max_client_connections"),
+            ],
         ) {
             Ok(t) => out.push(t),
             Err(e) => tracing::warn!(error = %e, "tenant_query: row skipped"),
@@ -94,6 +99,8 @@ async fn load(cfg: &Config, tq: &TenantQuery) -> Result<Vec<Tenant>, String> {
     Ok(out)
 }
 
+/// One row of the tenant table, column by column (text values as PostgreSQL sent them).
+#[allow(clippy::too_many_arguments)]
 fn row_to_tenant(
     cfg: &Config,
     id: Option<String>,
@@ -102,6 +109,7 @@ fn row_to_tenant(
     settings: Option<String>,
     role: Option<String>,
     users: Option<String>,
+    [weight, max_server, max_client]: [Option<String>; 3],
 ) -> Result<Tenant, String> {
     let id = id
         .filter(|s| !s.is_empty() && s.len() <= 63)
@@ -139,7 +147,14 @@ fn row_to_tenant(
             map.insert(lk, value);
         }
     }
+    let limits = crate::tenancy::limits::TenantLimits::from_text(
+        weight.as_deref(),
+        max_server.as_deref(),
+        max_client.as_deref(),
+    )
+    .map_err(|e| format!("tenant {id:?}: {e}"))?;
     Ok(Tenant {
+        limits,
         search_path: search_path.map(|s| list(&s)).unwrap_or_default(),
         settings: map,
         role: role.filter(|r| !r.is_empty()),
@@ -182,6 +197,7 @@ mod tests {
         )
         .unwrap();
         let s = |v: &str| Some(v.to_string());
+        const NONE: [Option<String>; 3] = [None, None, None];
         let t = row_to_tenant(
             &cfg,
             s("t9"),
@@ -190,13 +206,16 @@ mod tests {
             s(r#"{"app.tenant_id":"t9","app.n":3}"#),
             None,
             None,
+            [s("2"), s("25%"), None],
         )
         .unwrap();
+        assert_eq!(t.limits.weight, 2.0);
+        assert_eq!(t.limits.share(8, None).max, 2);
         assert_eq!(t.search_path, vec!["t9", "public"]);
         assert_eq!(t.settings["app.n"], "3");
-        assert!(row_to_tenant(&cfg, s("t9"), s("nodb"), None, None, None, None).is_err());
-        assert!(row_to_tenant(&cfg, s("t9"), s("app"), None, s("[1]"), None, None).is_err());
-        assert!(row_to_tenant(&cfg, None, s("app"), None, None, None, None).is_err());
+        assert!(row_to_tenant(&cfg, s("t9"), s("nodb"), None, None, None, None, NONE).is_err());
+        assert!(row_to_tenant(&cfg, s("t9"), s("app"), None, s("[1]"), None, None, NONE).is_err());
+        assert!(row_to_tenant(&cfg, None, s("app"), None, None, None, None, NONE).is_err());
         assert!(row_to_tenant(
             &cfg,
             s("t9"),
@@ -204,8 +223,13 @@ mod tests {
             None,
             s(r#"{"search_path":"x"}"#),
             None,
-            None
+            None,
+            NONE
         )
         .is_err());
+        let bad_weight = [s("0"), None, None];
+        assert!(
+            row_to_tenant(&cfg, s("t9"), s("app"), None, None, None, None, bad_weight).is_err()
+        );
     }
 }
