@@ -6,7 +6,7 @@
 //! - [`auth`]: SCRAM-SHA-256 and md5 state machines
 //! - [`client`]: one task per client: startup, authentication, the session loop, cancel
 //! - [`server`]: one pooled PostgreSQL connection and what it still owes
-//! - [`pool`]: pools, FIFO checkout, maintenance
+//! - [`pool`]: pools, fair checkout between tenants, maintenance
 //! - [`tenancy`], [`sql`]: tenant resolution, context injection, statement classification
 //! - [`admin`], [`http`], [`metrics`]: observability
 #![forbid(unsafe_code)]
