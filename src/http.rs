@@ -88,7 +88,7 @@ pub fn readiness(shared: &Shared) -> Result<(), String> {
     }
     let now = crate::pool::now_ms();
     let mut bad = Vec::new();
-    for p in shared.pools.iter() {
+    for p in shared.pools.iter().filter(|p| p.dedicated_tenant.is_none()) {
         let last = p.last_ok_ms.load(Ordering::Relaxed);
         let failed_since = p.last_error_ms.load(Ordering::Relaxed) > last;
         let error = || {
@@ -134,38 +134,58 @@ fn posture_warnings(shared: &Shared) -> String {
         .collect()
 }
 
-/// Connection gauges are computed when scraped rather than on every state change.
+/// Connection gauges are computed when scraped rather than on every state change. Pools of
+/// one database (its own, auth_query users', dedicated tenants') add up under its name.
 fn publish_gauges(shared: &Shared) {
+    #[derive(Default)]
+    struct Sum {
+        active: usize,
+        idle: usize,
+        received: u64,
+        sent: u64,
+        prepared_max: usize,
+        prepared_total: usize,
+        shares: Vec<(crate::pool::ClassKey, usize, usize)>,
+    }
+    let mut by_db: std::collections::BTreeMap<String, Sum> = Default::default();
     for p in shared.pools.iter() {
+        let e = by_db.entry(p.name().to_string()).or_default();
+        e.active += p.stats.active.load(Ordering::Relaxed);
+        e.idle += p.stats.idle.load(Ordering::Relaxed);
+        e.received += p.stats.bytes_received.load(Ordering::Relaxed);
+        e.sent += p.stats.bytes_sent.load(Ordering::Relaxed);
+        let (max, total) = p.prepared_counts();
+        e.prepared_max = e.prepared_max.max(max);
+        e.prepared_total += total;
+        e.shares.extend(
+            p.shares()
+                .into_iter()
+                .filter(|(class, _, _)| !class.is_empty() && !class.starts_with('\0')),
+        );
+    }
+    for (db, sum) in by_db {
         let mut n = [0usize; 3];
         for c in shared.clients.iter() {
-            if c.database == p.name() {
+            if c.database == db {
                 n[(c.state.load(Ordering::Relaxed) as usize).min(2)] += 1;
             }
         }
         crate::metrics::set_connection_gauges(
-            p.name(),
+            &db,
             n[1] as f64,
             n[0] as f64,
             n[2] as f64,
-            p.stats.active.load(Ordering::Relaxed) as f64,
-            p.stats.idle.load(Ordering::Relaxed) as f64,
+            sum.active as f64,
+            sum.idle as f64,
         );
-        let db = p.name().to_string();
         metrics::counter!("pgward_bytes_total", "database" => db.clone(), "direction" => "from_clients")
-            .absolute(p.stats.bytes_received.load(Ordering::Relaxed));
-        metrics::counter!("pgward_bytes_total", "database" => db, "direction" => "to_clients")
-            .absolute(p.stats.bytes_sent.load(Ordering::Relaxed));
-        let shares: Vec<_> = p
-            .shares()
-            .into_iter()
-            .filter(|(class, _, _)| !class.is_empty() && !class.starts_with('\0'))
-            .collect();
-        crate::metrics::set_tenant_share_gauges(p.name(), &shares);
-        let (max, total) = p.prepared_counts();
-        let db = p.name().to_string();
-        metrics::gauge!("pgward_server_prepared_statements", "database" => db.clone(), "stat" => "max").set(max as f64);
+            .absolute(sum.received);
+        metrics::counter!("pgward_bytes_total", "database" => db.clone(), "direction" => "to_clients")
+            .absolute(sum.sent);
+        crate::metrics::set_tenant_share_gauges(&db, &sum.shares);
+        metrics::gauge!("pgward_server_prepared_statements", "database" => db.clone(), "stat" => "max")
+            .set(sum.prepared_max as f64);
         metrics::gauge!("pgward_server_prepared_statements", "database" => db, "stat" => "total")
-            .set(total as f64);
+            .set(sum.prepared_total as f64);
     }
 }

@@ -180,6 +180,7 @@ impl Shared {
             }
             keep
         });
+        crate::tenancy::dedicated::reconcile(self);
     }
 
     /// Apply a new configuration (SIGHUP / RELOAD). Settings that need a restart (listen

@@ -1,10 +1,12 @@
 //! SHOW commands of the admin console.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::Table;
 use crate::config::PoolMode;
+use crate::pool::Pool;
 use crate::proxy::Shared;
 
 fn s(v: impl ToString) -> Option<String> {
@@ -44,11 +46,25 @@ pub fn table(shared: &Shared, what: &str) -> Option<Table> {
 }
 
 /// Clients of a database by state (idle, active, waiting), and the longest current wait (µs).
-fn clients_by_state(shared: &Shared, db: &str) -> ([usize; 3], u64) {
+/// Clients of pool `p` by state, and the longest current wait (µs): a dedicated tenant's pool
+/// counts that tenant's clients, a database's pool the rest of its clients.
+fn clients_by_state(shared: &Shared, p: &Pool, all: &[Arc<Pool>]) -> ([usize; 3], u64) {
     let (mut n, mut maxwait) = ([0; 3], 0);
     let now = crate::pool::now_us();
+    let dedicated: Vec<Arc<str>> = match &p.dedicated_tenant {
+        Some(t) => vec![t.clone()],
+        None => all
+            .iter()
+            .filter(|o| o.name() == p.name())
+            .filter_map(|o| o.dedicated_tenant.clone())
+            .collect(),
+    };
     for c in shared.clients.iter() {
-        if c.database == db {
+        let on_dedicated = c
+            .tenant
+            .as_deref()
+            .is_some_and(|t| dedicated.iter().any(|d| &**d == t));
+        if c.database == p.name() && on_dedicated == p.dedicated_tenant.is_some() {
             n[(c.state.load(Ordering::Relaxed) as usize).min(2)] += 1;
             match c.wait_since_us.load(Ordering::Relaxed) {
                 0 => {}
@@ -77,10 +93,12 @@ fn pools(shared: &Shared) -> Table {
         "maxwait",
         "maxwait_us",
         "pool_mode",
+        "tenant",
     ]);
-    for p in shared.pools.iter() {
+    let all: Vec<Arc<Pool>> = shared.pools.iter().map(|p| p.clone()).collect();
+    for p in &all {
         let st = &p.stats;
-        let ([idle, active, waiting], maxwait) = clients_by_state(shared, p.name());
+        let ([idle, active, waiting], maxwait) = clients_by_state(shared, p, &all);
         t.row(vec![
             s(p.name()),
             s(&p.db.upstream.user),
@@ -101,6 +119,7 @@ fn pools(shared: &Shared) -> Table {
                 PoolMode::Transaction => "transaction",
                 PoolMode::Session => "session",
             }),
+            p.dedicated_tenant.as_deref().map(str::to_string),
         ]);
     }
     t
@@ -233,19 +252,29 @@ fn tenants(shared: &Shared) -> Table {
         "weight",
         "max_server_connections",
         "max_client_connections",
+        "queue_timeout",
+        "upstream",
     ]);
     let cfg = shared.config();
     for ten in shared.tenants.load().sorted() {
         let id = &ten.id;
         let clients = shared.tenant_clients.get(id);
-        let pool = shared.pool(&ten.database);
-        let (waiting, held) = pool
-            .as_ref()
-            .and_then(|p| p.shares().into_iter().find(|(c, _, _)| &**c == id))
-            .map_or((0, 0), |(_, w, h)| (w, h));
+        // Its share of its database's pool and of its own database's, if it has one open.
+        let pools = [
+            shared.pool(&ten.database),
+            crate::tenancy::dedicated::open_pool(shared, &ten.database, id),
+        ];
+        let (waiting, held) = pools
+            .iter()
+            .flatten()
+            .filter_map(|p| p.shares().into_iter().find(|(c, _, _)| &**c == id))
+            .fold((0, 0), |(w, h), (_, w2, h2)| (w + w2, h + h2));
         let defaults = cfg
             .database(&ten.database)
-            .map(|d| (d.pool.size, d.tenant_defaults))
+            .map(|d| {
+                let size = ten.dedicated.as_ref().and_then(|x| x.pool_size);
+                (size.unwrap_or(d.pool.size), d.tenant_defaults)
+            })
             .unwrap_or_default();
         let max_server = ten
             .limits
@@ -273,6 +302,13 @@ fn tenants(shared: &Shared) -> Table {
             s(ten.limits.weight),
             (max_server != usize::MAX).then(|| max_server.to_string()),
             max_clients.map(|n| n.to_string()),
+            ten.limits
+                .queue_timeout
+                .map(|d| humantime::format_duration(d).to_string()),
+            ten.dedicated.as_ref().map(|d| {
+                let u = &d.upstream;
+                format!("{}@{}:{}/{}", u.user, u.host, u.port, u.dbname)
+            }),
         ]);
     }
     t

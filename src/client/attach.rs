@@ -1,46 +1,72 @@
-//! Taking a server connection for a client: a fair checkout (by tenant) with the pool's
-//! timeout, then the client's session parameters are synced, pipelined in front of the
-//! client's first message (a swallowed simple Query, only when something differs).
+//! Taking a server connection for a client: on the pool its tenant's next transaction
+//! belongs on (its own database's, `crate::tenancy::dedicated`, else the client's home pool),
+//! a fair checkout (by tenant) bounded by the tenant's `queue_timeout` or the pool's, then
+//! the client's session parameters are synced, pipelined in front of the client's first
+//! message (a swallowed simple Query, only when something differs).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::session::Session;
+use crate::config::Tenant;
 use crate::pool::{CheckoutError, Share};
 use crate::protocol::backend::PgError;
 use crate::protocol::frontend::put_query;
 use crate::server::pending::{Action, Kind};
 use crate::server::txn::{Msg, QueryEffect};
+use crate::tenancy::limits::TenantLimits;
 
 impl Session {
-    /// The client's share of its pool: its tenant's current limits (after reloads and
-    /// refreshes), else an equal one.
-    fn share(&self) -> Share {
+    /// The client's tenant as it is now (after reloads and refreshes): its limits, and itself
+    /// when it has a database of its own. Plain clients: no limits.
+    fn current_tenant(&self) -> (Option<TenantLimits>, Option<Arc<Tenant>>) {
         let Some(t) = &self.tenant else {
-            return Share::EQUAL;
+            return (None, None);
         };
         let current = self.shared.tenants.load();
-        let limits = current
-            .get(&t.tenant.id)
-            .map_or(t.tenant.limits, |c| c.tenant.limits);
-        let db = &self.pool.db;
-        limits.share(db.pool.size, db.tenant_defaults.max_server_connections)
+        let tenant = current.get(&t.tenant.id).map_or(&t.tenant, |c| &c.tenant);
+        let dedicated = tenant.dedicated.is_some().then(|| tenant.clone());
+        (Some(tenant.limits), dedicated)
+    }
+
+    /// Move the client to the pool its next transaction belongs on: its tenant's own one, else
+    /// its home pool; and onto a pool's replacement after a reload.
+    fn place(&mut self, dedicated: Option<&Tenant>) {
+        if let Some(t) = dedicated {
+            let here = self.pool.dedicated_tenant.as_deref() == Some(t.id.as_str());
+            if !here || self.pool.is_closed() {
+                if let Some(p) = crate::tenancy::dedicated::pool_for(&self.shared, t) {
+                    self.pool = p;
+                }
+            }
+            return;
+        }
+        if self.home.is_closed() {
+            // The pool was replaced by a reload: continue on the new one.
+            if let Some(p) = self.shared.pools.get(&self.home.key).map(|p| p.clone()) {
+                self.home = p;
+            }
+        }
+        if !Arc::ptr_eq(&self.pool, &self.home) {
+            self.pool = self.home.clone();
+        }
     }
 
     pub(super) async fn acquire_server(&mut self) -> Result<(), PgError> {
-        if self.pool.is_closed() {
-            // The pool was replaced by a reload: continue on the new one.
-            let key = self.pool.key.clone();
-            if let Some(p) = self.shared.pools.get(&key).map(|p| p.clone()) {
-                self.pool = p;
-            }
-        }
+        let (limits, dedicated) = self.current_tenant();
+        self.place(dedicated.as_deref());
+        let db = &self.pool.db;
+        let share = limits.map_or(Share::EQUAL, |l| {
+            l.share(db.pool.size, db.tenant_defaults.max_server_connections)
+        });
+        let timeout = limits.and_then(|l| l.queue_timeout);
         self.info.state.store(2, Ordering::Relaxed);
         // Boxed so that waiting for a server does not enlarge every idle client's task.
         let (pool, cancel, since) = (&self.pool, &self.cancel, &self.info.wait_since_us);
-        let (class, share) = (&self.class, self.share());
+        let class = &self.class;
         let r = Box::pin(async move {
             tokio::select! {
-                r = pool.checkout(class, share, Some(since)) => Some(r),
+                r = pool.checkout(class, share, Some(since), timeout) => Some(r),
                 _ = cancel.cancelled_while_waiting() => None,
             }
         })
@@ -62,13 +88,18 @@ impl Session {
             match &e {
                 CheckoutError::Timeout { .. } => {
                     if !tenant.is_empty() {
-                        crate::metrics::tenant_refusal(&self.class, "checkout_timeout");
+                        let reason = match timeout {
+                            Some(_) => "queue_timeout",
+                            None => "checkout_timeout",
+                        };
+                        crate::metrics::tenant_refusal(&self.class, reason);
                     }
                     PgError::error("53300", format!("pgward: {e}{tenant}"))
                 }
                 CheckoutError::Connect { .. } => PgError::error("08006", format!("pgward: {e}")),
             }
         })?;
+        self.labels.checkout_wait.record(co.waited.as_secs_f64());
         let conn = co.conn();
         self.cancel
             .attach(self.pool.db.clone(), conn.pid, conn.secret);

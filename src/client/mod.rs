@@ -406,12 +406,17 @@ async fn handshake(
             return None;
         }
     }
-    let pool = if dynamic {
+    let home = if dynamic {
         auth_query::user_pool(shared, &db, &user, client_key)
     } else {
         shared.pool(&db.name)
     };
-    let Some(pool) = pool else {
+    // A tenant with a database of its own starts there.
+    let pool = match tenant.as_ref().filter(|t| t.tenant.dedicated.is_some()) {
+        Some(t) => crate::tenancy::dedicated::pool_for(shared, &t.tenant),
+        None => home.clone(),
+    };
+    let (Some(pool), Some(home)) = (pool, home) else {
         send_error(
             &mut stream,
             PgError::fatal("3D000", format!("database \"{}\" does not exist", db.name)),
@@ -467,6 +472,7 @@ async fn handshake(
         shared: shared.clone(),
         info,
         pool,
+        home,
         mode,
         policy: db.pool.session_state,
         ctx: tenant

@@ -47,7 +47,10 @@ const READ_CHUNK: usize = 8 * 1024;
 pub struct Session {
     pub(super) shared: Arc<Shared>,
     pub(super) info: Arc<ClientInfo>,
+    /// The pool of the current or next transaction: `home`, or its tenant's own database's.
     pub(super) pool: Arc<Pool>,
+    /// The pool of the client's database and user.
+    pub(super) home: Arc<Pool>,
     pub(super) mode: PoolMode,
     pub(super) policy: SessionStatePolicy,
     /// The tenant the client selected (identity, guards, labels).

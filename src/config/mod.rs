@@ -139,6 +139,8 @@ pub struct Tenant {
     /// `None`: every configured user may select this tenant.
     pub users: Option<Vec<String>>,
     pub limits: crate::tenancy::limits::TenantLimits,
+    /// Its own upstream instead of its database's (`crate::tenancy::dedicated`).
+    pub dedicated: Option<Arc<crate::tenancy::dedicated::Dedicated>>,
 }
 
 #[derive(Debug)]
@@ -269,5 +271,31 @@ mod tests {
         let e = Config::from_toml(&bad, std::path::Path::new("t.toml")).unwrap_err();
         assert_eq!(e.key, "databases[1].query_timeout");
         assert!(e.message.contains("not a duration"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_tenant_may_have_its_own_upstream() {
+        let ok = format!(
+            "{BASE}\n[[tenants]]\nid = \"bigco\"\ndatabase = \"app\"\nupstream = \"postgres://big:pw@db2:6543/bigco?sslmode=require\"\npool_size = 3\nqueue_timeout = \"250ms\"\n"
+        );
+        let c = Config::from_toml(&ok, std::path::Path::new("t.toml")).unwrap();
+        let t = &c.tenants["bigco"];
+        let d = t.dedicated.as_ref().unwrap();
+        assert_eq!((d.upstream.host.as_str(), d.upstream.port), ("db2", 6543));
+        assert_eq!(d.pool_size, Some(3));
+        assert_eq!(t.limits.queue_timeout, Some(Duration::from_millis(250)));
+        for (bad, key) in [
+            ("upstream = \"nope\"", "tenants[0].upstream"),
+            (
+                "upstream = \"postgres://u@h/x\"\npool_size = 0",
+                "tenants[0].pool_size",
+            ),
+            ("pool_size = 2", "tenants[0].pool_size"),
+            ("queue_timeout = \"0s\"", "tenants[0].queue_timeout"),
+        ] {
+            let text = format!("{BASE}\n[[tenants]]\nid = \"t\"\ndatabase = \"app\"\n{bad}\n");
+            let e = Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap_err();
+            assert_eq!(e.key, key, "{bad}: {}", e.message);
+        }
     }
 }

@@ -220,6 +220,16 @@ pub struct RawTenant {
     pub max_server_connections: Option<RawCap>,
     #[serde(default)]
     pub max_client_connections: Option<usize>,
+    /// How long its clients may wait for a server connection (default: the pool's
+    /// `checkout_timeout`).
+    #[serde(default)]
+    pub queue_timeout: Option<String>,
+    /// Dedicated database: the tenant's own upstream instead of its database's.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Size of the dedicated pool (default: its database's pool size).
+    #[serde(default)]
+    pub pool_size: Option<usize>,
 }
 
 /// A number, or a string such as "25%".
@@ -648,6 +658,27 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
                 }
                 n => n,
             },
+            queue_timeout: t
+                .queue_timeout
+                .as_deref()
+                .map(crate::tenancy::limits::parse_queue_timeout)
+                .transpose()
+                .map_err(|e| err(key("queue_timeout"), e))?,
+        };
+        let dedicated = match &t.upstream {
+            None => {
+                if t.pool_size.is_some() {
+                    return Err(err(
+                        key("pool_size"),
+                        "only for a tenant with its own upstream".into(),
+                    ));
+                }
+                None
+            }
+            Some(u) => Some(
+                crate::tenancy::dedicated::Dedicated::parse(u, t.pool_size)
+                    .map_err(|(k, e)| err(key(k), e))?,
+            ),
         };
         if let Some(list) = &t.users {
             for (j, u) in list.iter().enumerate() {
@@ -670,6 +701,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
                     role: t.role.clone(),
                     users: t.users.clone(),
                     limits,
+                    dedicated,
                 }),
             )
             .is_some()
@@ -804,13 +836,24 @@ pub fn render_effective(raw: &RawConfig) -> String {
             u.password = Some("********".into());
         }
     }
-    for d in &mut r.databases {
-        if let Ok(mut url) = url::Url::parse(&d.upstream) {
+    let mask = |upstream: &mut String| {
+        if let Ok(mut url) = url::Url::parse(upstream) {
             if url.password().is_some() {
                 let _ = url.set_password(Some("********"));
-                d.upstream = url.to_string();
+                *upstream = url.to_string();
             }
         }
+    };
+    for d in &mut r.databases {
+        mask(&mut d.upstream);
+    }
+    for t in &mut r.tenants {
+        if let Some(u) = &mut t.upstream {
+            mask(u);
+        }
+    }
+    if let Some(q) = &mut r.tenant_query {
+        mask(&mut q.upstream);
     }
     toml::to_string_pretty(&r).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }

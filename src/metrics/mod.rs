@@ -123,6 +123,8 @@ impl Command {
 pub struct LabelSet {
     statement: Vec<Histogram>,
     pub transaction: Histogram,
+    /// `pgward_tenant_checkout_wait_seconds` (tenants only; a no-op for plain clients).
+    pub checkout_wait: Histogram,
     pub tenant: Arc<str>,
 }
 
@@ -174,6 +176,7 @@ fn hot_help(name: &str) -> &'static str {
         QUERY => "Statement duration at the proxy, first byte forwarded to completion",
         TRANSACTION => "Server connection hold time per transaction",
         CHECKOUT_WAIT => "Time a client waited for a server connection",
+        TENANT_CHECKOUT_WAIT => "Time a tenant's client waited for a server connection",
         _ => "",
     }
 }
@@ -181,6 +184,7 @@ fn hot_help(name: &str) -> &'static str {
 const QUERY: &str = "pgward_query_duration_seconds";
 const TRANSACTION: &str = "pgward_transaction_duration_seconds";
 const CHECKOUT_WAIT: &str = "pgward_checkout_wait_seconds";
+const TENANT_CHECKOUT_WAIT: &str = "pgward_tenant_checkout_wait_seconds";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -264,6 +268,10 @@ pub fn labels(database: &str, tenant: Option<&str>) -> Arc<LabelSet> {
             })
             .collect(),
         transaction: r.hot.get(TRANSACTION, &labels),
+        checkout_wait: match tenant {
+            Some(_) => r.hot.get(TENANT_CHECKOUT_WAIT, &labels),
+            None => Histogram::noop(),
+        },
         tenant: tenant_label.clone(),
     });
     r.sets.entry(key).or_insert(set).clone()
@@ -295,6 +303,7 @@ fn noop_set() -> LabelSet {
     LabelSet {
         statement: COMMANDS.iter().map(|_| Histogram::noop()).collect(),
         transaction: Histogram::noop(),
+        checkout_wait: Histogram::noop(),
         tenant: "".into(),
     }
 }

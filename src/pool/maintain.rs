@@ -62,7 +62,9 @@ pub async fn run_once(pool: &Arc<Pool>) {
     // nothing: a frozen server keeps its sockets open).
     let stale = now_ms().saturating_sub(pool.last_ok_ms.load(Ordering::Relaxed))
         > PROBE_AFTER.as_millis() as u64;
-    if stale {
+    // A dedicated tenant's pool is not probed: it does not count for /ready, and a probe
+    // would keep a connection open to a database nobody uses.
+    if stale && pool.dedicated_tenant.is_none() {
         pool.probe().await;
     }
     let now = pool.size_now();

@@ -47,8 +47,12 @@ pub enum CheckoutError {
 
 pub struct Pool {
     pub db: Arc<Database>,
-    /// Key in the pool registry (`database`, or `database\0user` for auth_query users).
+    /// Key in the pool registry (`database`, `database\0user` for auth_query users, or
+    /// `database\0tenant\0id` for a dedicated tenant's pool).
     pub key: String,
+    /// The tenant whose own database this pool reaches (`crate::tenancy::dedicated`): created
+    /// on demand, not probed and not counted for `/ready`.
+    pub dedicated_tenant: Option<Arc<str>>,
     idle: Mutex<Vec<ServerConn>>,
     gate: Arc<FairGate>,
     /// The class of the pool's own work on the gate (maintenance, probes).
@@ -85,6 +89,8 @@ pub struct Checkout {
     _permit: Permit,
     pub pool: Arc<Pool>,
     pub since: Instant,
+    /// How long the checkout waited in the queue.
+    pub waited: Duration,
 }
 
 impl Pool {
@@ -94,8 +100,18 @@ impl Pool {
     }
 
     pub fn with_key(db: Arc<Database>, key: String) -> Arc<Pool> {
+        Self::build(db, key, None)
+    }
+
+    /// A dedicated tenant's pool.
+    pub fn dedicated(db: Arc<Database>, key: String, tenant: &str) -> Arc<Pool> {
+        Self::build(db, key, Some(tenant.into()))
+    }
+
+    fn build(db: Arc<Database>, key: String, dedicated_tenant: Option<Arc<str>>) -> Arc<Pool> {
         Arc::new(Pool {
             key,
+            dedicated_tenant,
             gate: FairGate::new(db.pool.size),
             own_class: ClassKey::from("\0pgward"),
             wait_histogram: crate::metrics::checkout_wait(&db.name),
@@ -130,15 +146,16 @@ impl Pool {
         format!("{}/{}", self.db.name, self.db.upstream.user)
     }
 
-    /// Wait (bounded by `checkout_timeout`; fair between classes, FIFO within `class`) for a
-    /// connection: an idle one that is still alive, or a new one. While it waits in the
-    /// queue, `since` (if given) holds when the wait began (µs since the Unix epoch), else 0:
-    /// `maxwait` of SHOW POOLS.
+    /// Wait (bounded by `timeout`, else `checkout_timeout`; fair between classes, FIFO within
+    /// `class`) for a connection: an idle one that is still alive, or a new one. While it
+    /// waits in the queue, `since` (if given) holds when the wait began (µs since the Unix
+    /// epoch), else 0: `maxwait` of SHOW POOLS.
     pub async fn checkout(
         self: &Arc<Self>,
         class: &ClassKey,
         share: Share,
         since: Option<&AtomicU64>,
+        timeout: Option<Duration>,
     ) -> Result<Checkout, CheckoutError> {
         // Fast path: a permit is free (none are, while anybody waits: released permits go to
         // waiters first, so this never overtakes the queue) and nothing is paused.
@@ -150,7 +167,7 @@ impl Pool {
             Some(p) => (p, Duration::ZERO),
             None => {
                 let _waiting = since.map(Waiting::start);
-                self.wait_permit(class, share).await?
+                self.wait_permit(class, share, timeout).await?
             }
         };
         self.with_permit(permit, waited).await
@@ -173,6 +190,11 @@ impl Pool {
     /// A permit for the pool's own work (maintenance, probes), only if one is free.
     fn own_permit(&self) -> Option<Permit> {
         self.gate.try_acquire(&self.own_class, Share::EQUAL)
+    }
+
+    /// Clients waiting for a connection now.
+    pub fn waiting(&self) -> usize {
+        self.stats.waiting.load(Ordering::Relaxed)
     }
 
     /// Waiting clients and server connections held, by class (tenant id, `""` for plain
@@ -206,6 +228,7 @@ impl Pool {
             _permit: permit,
             pool: self.clone(),
             since: now,
+            waited,
         })
     }
 
@@ -214,9 +237,10 @@ impl Pool {
         &self,
         class: &ClassKey,
         share: Share,
+        timeout: Option<Duration>,
     ) -> Result<(Permit, Duration), CheckoutError> {
         let start = Instant::now();
-        let limit = self.db.pool.checkout_timeout;
+        let limit = timeout.unwrap_or(self.db.pool.checkout_timeout);
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let permit = tokio::time::timeout(limit, async {
             while self.paused.load(Ordering::Acquire) {
@@ -389,7 +413,9 @@ impl Pool {
         {
             return Ok(b);
         }
-        let co = self.checkout(&self.own_class, Share::EQUAL, None).await?;
+        let co = self
+            .checkout(&self.own_class, Share::EQUAL, None, None)
+            .await?;
         co.checkin();
         Ok(self
             .baseline

@@ -145,6 +145,7 @@ impl TenantContexts {
                     role: None,
                     users: None,
                     limits: Default::default(),
+                    dedicated: None,
                 });
                 (
                     d.name.clone(),
@@ -300,6 +301,7 @@ mod tests {
             role: Some("r".into()),
             users: None,
             limits: Default::default(),
+            dedicated: None,
         });
         let c = build_one(
             t,

@@ -1,5 +1,6 @@
 //! Per-tenant limits: a tenant's weight in its pool's fair queue, the most server
-//! connections it may hold at once, and the most client connections it may have.
+//! connections it may hold at once, the most client connections it may have, and how long
+//! its clients may wait for a server connection (`queue_timeout`).
 //!
 //! Set per tenant (`[[tenants]]`, or columns of `tenant_query`), with defaults per database
 //! (`tenant_max_server_connections`, `tenant_max_client_connections`). Read at each checkout
@@ -56,6 +57,9 @@ pub struct TenantLimits {
     pub weight: f64,
     pub max_server_connections: Option<ServerCap>,
     pub max_client_connections: Option<usize>,
+    /// The longest a client of this tenant waits for a server connection (instead of the
+    /// pool's `checkout_timeout`).
+    pub queue_timeout: Option<std::time::Duration>,
 }
 
 impl Default for TenantLimits {
@@ -64,6 +68,7 @@ impl Default for TenantLimits {
             weight: 1.0,
             max_server_connections: None,
             max_client_connections: None,
+            queue_timeout: None,
         }
     }
 }
@@ -74,6 +79,7 @@ impl TenantLimits {
         weight: Option<&str>,
         max_server: Option<&str>,
         max_client: Option<&str>,
+        queue_timeout: Option<&str>,
     ) -> Result<TenantLimits, String> {
         fn set(v: Option<&str>) -> Option<&str> {
             v.map(str::trim).filter(|v| !v.is_empty())
@@ -95,6 +101,9 @@ impl TenantLimits {
                     format!("max_client_connections {m:?}: must be a number, at least 1")
                 })?);
         }
+        if let Some(t) = set(queue_timeout) {
+            l.queue_timeout = Some(parse_queue_timeout(t)?);
+        }
         Ok(l)
     }
 
@@ -107,6 +116,16 @@ impl TenantLimits {
                 .or(default_cap)
                 .map_or(usize::MAX, |c| c.of(pool_size)),
         }
+    }
+}
+
+/// A queue timeout: a duration such as "500ms" or "2s", above zero.
+pub fn parse_queue_timeout(t: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(t.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "queue_timeout {t:?}: must be a duration above zero such as \"500ms\" or \"2s\""
+        )),
     }
 }
 
@@ -182,19 +201,23 @@ mod tests {
 
     #[test]
     fn limits_from_table_text() {
-        let l = TenantLimits::from_text(Some("2.5"), Some("50%"), Some("10")).unwrap();
+        let l =
+            TenantLimits::from_text(Some("2.5"), Some("50%"), Some("10"), Some("250ms")).unwrap();
+        assert_eq!(l.queue_timeout, Some(std::time::Duration::from_millis(250)));
         assert_eq!(l.weight, 2.5);
         assert_eq!(l.share(8, None).max, 4);
         assert_eq!(l.max_client_connections, Some(10));
-        let d = TenantLimits::from_text(None, Some(""), None).unwrap();
+        let d = TenantLimits::from_text(None, Some(""), None, Some(" ")).unwrap();
         assert_eq!(d, TenantLimits::default());
         assert_eq!(
             d.share(8, Some(ServerCap::Count(3))).max,
             3,
             "database default"
         );
-        assert!(TenantLimits::from_text(Some("0"), None, None).is_err());
-        assert!(TenantLimits::from_text(None, None, Some("0")).is_err());
+        assert!(TenantLimits::from_text(Some("0"), None, None, None).is_err());
+        assert!(TenantLimits::from_text(None, None, Some("0"), None).is_err());
+        assert!(TenantLimits::from_text(None, None, None, Some("0s")).is_err());
+        assert!(TenantLimits::from_text(None, None, None, Some("soon")).is_err());
     }
 
     #[test]

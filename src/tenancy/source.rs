@@ -4,7 +4,9 @@
 //!
 //! Expected columns (text; extra columns ignored, missing optional ones are NULL):
 //! `id`, `database`, `search_path` (comma-separated or a text[] literal), `settings` (JSON
-//! object of strings), `role`, `users` (comma-separated or text[]). Rows that do not validate
+//! object of strings), `role`, `users` (comma-separated or text[]); optional limits `weight`,
+//! `max_server_connections`, `max_client_connections`, `queue_timeout`; and for a tenant
+//! with a database of its own, `upstream` (libpq URL) and `pool_size`. Rows that do not validate
 //! are skipped with a warning naming the tenant. Tenants in the configuration file win.
 //!
 //! Invariant: a client keeps the tenant context it connected with; a removed tenant only
@@ -49,6 +51,7 @@ pub async fn refresh(shared: &Shared, cfg: &Config, tq: &TenantQuery) {
                 .store(Arc::new(TenantContexts::build(cfg, &loaded)));
             shared.posture_recheck.notify_one();
             shared.loaded_tenants.store(Arc::new(loaded));
+            crate::tenancy::dedicated::reconcile(shared);
             metrics::gauge!("pgward_tenants_loaded").set(n as f64);
             tracing::debug!(tenants = n, "tenant registry refreshed");
         }
@@ -90,6 +93,9 @@ async fn load(cfg: &Config, tq: &TenantQuery) -> Result<Vec<Tenant>, String> {
                 col("weight"),
                 col("max_server_connections"),
                 col("max_client_connections"),
+                col("queue_timeout"),
+                col("upstream"),
+                col("pool_size"),
             ],
         ) {
             Ok(t) => out.push(t),
@@ -109,7 +115,7 @@ fn row_to_tenant(
     settings: Option<String>,
     role: Option<String>,
     users: Option<String>,
-    [weight, max_server, max_client]: [Option<String>; 3],
+    [weight, max_server, max_client, queue_timeout, upstream, pool_size]: [Option<String>; 6],
 ) -> Result<Tenant, String> {
     let id = id
         .filter(|s| !s.is_empty() && s.len() <= 63)
@@ -151,10 +157,15 @@ fn row_to_tenant(
         weight.as_deref(),
         max_server.as_deref(),
         max_client.as_deref(),
+        queue_timeout.as_deref(),
     )
     .map_err(|e| format!("tenant {id:?}: {e}"))?;
+    let dedicated =
+        crate::tenancy::dedicated::Dedicated::from_text(upstream.as_deref(), pool_size.as_deref())
+            .map_err(|e| format!("tenant {id:?}: {e}"))?;
     Ok(Tenant {
         limits,
+        dedicated,
         search_path: search_path.map(|s| list(&s)).unwrap_or_default(),
         settings: map,
         role: role.filter(|r| !r.is_empty()),
@@ -197,7 +208,7 @@ mod tests {
         )
         .unwrap();
         let s = |v: &str| Some(v.to_string());
-        const NONE: [Option<String>; 3] = [None, None, None];
+        const NONE: [Option<String>; 6] = [None, None, None, None, None, None];
         let t = row_to_tenant(
             &cfg,
             s("t9"),
@@ -206,11 +217,24 @@ mod tests {
             s(r#"{"app.tenant_id":"t9","app.n":3}"#),
             None,
             None,
-            [s("2"), s("25%"), None],
+            [
+                s("2"),
+                s("25%"),
+                None,
+                s("1s"),
+                s("postgres://u@h2/big"),
+                s("2"),
+            ],
         )
         .unwrap();
         assert_eq!(t.limits.weight, 2.0);
         assert_eq!(t.limits.share(8, None).max, 2);
+        assert_eq!(
+            t.limits.queue_timeout,
+            Some(std::time::Duration::from_secs(1))
+        );
+        let d = t.dedicated.as_ref().expect("dedicated");
+        assert_eq!((d.upstream.host.as_str(), d.pool_size), ("h2", Some(2)));
         assert_eq!(t.search_path, vec!["t9", "public"]);
         assert_eq!(t.settings["app.n"], "3");
         assert!(row_to_tenant(&cfg, s("t9"), s("nodb"), None, None, None, None, NONE).is_err());
@@ -227,9 +251,21 @@ mod tests {
             NONE
         )
         .is_err());
-        let bad_weight = [s("0"), None, None];
+        let bad_weight = [s("0"), None, None, None, None, None];
         assert!(
             row_to_tenant(&cfg, s("t9"), s("app"), None, None, None, None, bad_weight).is_err()
         );
+        let bad_upstream = [None, None, None, None, s("nope"), None];
+        assert!(row_to_tenant(
+            &cfg,
+            s("t9"),
+            s("app"),
+            None,
+            None,
+            None,
+            None,
+            bad_upstream
+        )
+        .is_err());
     }
 }
