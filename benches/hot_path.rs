@@ -244,7 +244,7 @@ fn bench_metrics(c: &mut Criterion) {
 /// against the tokio semaphore it replaced.
 fn bench_pool_gate(c: &mut Criterion) {
     let mut g = c.benchmark_group("pool_gate");
-    let gate = pgward::pool::fair::FairGate::new(20);
+    let gate = pgward::pool::fair::FairGate::new(20, true);
     let class: pgward::pool::ClassKey = Arc::from("acme");
     g.bench_function("fair_acquire_release", |b| {
         b.iter(|| {

@@ -180,7 +180,14 @@ impl Shared {
             }
             keep
         });
+        self.tenants_changed();
+    }
+
+    /// After the tenant set or the pools changed: close dedicated pools that are no longer
+    /// wanted, and give pools their tenants' reserves.
+    pub fn tenants_changed(&self) {
         crate::tenancy::dedicated::reconcile(self);
+        crate::tenancy::limits::apply_reserves(self);
     }
 
     /// Apply a new configuration (SIGHUP / RELOAD). Settings that need a restart (listen

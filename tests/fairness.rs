@@ -212,3 +212,66 @@ async fn per_tenant_limits_bound_what_one_tenant_takes() {
     };
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57014"));
 }
+
+/// `reserved_server_connections = 1` for globex on a pool of 2: acme's three concurrent
+/// statements share the one connection nobody reserved, and globex is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_connection_stays_free_for_its_tenant() {
+    let extra = TENANTS.replace(
+        "role = \"tenant_globex\"",
+        "role = \"tenant_globex\"\nreserved_server_connections = 1",
+    );
+    let h = Arc::new(
+        Harness::start(Opts {
+            size: 2,
+            extra,
+            ..Opts::default()
+        })
+        .await,
+    );
+    let mut acme = Vec::new();
+    for _ in 0..3 {
+        acme.push(h.connect("app_user", "acme").await);
+    }
+    let globex = h.connect("app_user", "globex").await;
+    let start = Instant::now();
+    let sleepers: Vec<_> = acme
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move { c.simple_query("SELECT pg_sleep(0.3)").await.map(|_| ()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    assert_eq!(
+        scalar(&globex, "SELECT current_setting('app.tenant_id')").await,
+        "globex"
+    );
+    let globex_took = t.elapsed();
+    let admin = h.connect("admin", "pgward").await;
+    let reserved = admin
+        .simple_query("SHOW TENANTS")
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("tenant") == Some("globex") => {
+                r.get("reserved_server_connections").map(str::to_string)
+            }
+            _ => None,
+        });
+    for s in sleepers {
+        s.await.unwrap().expect("acme statement");
+    }
+    let acme_took = start.elapsed();
+    eprintln!("acme: 3 × 0.3 s took {acme_took:?}; globex meanwhile {globex_took:?}");
+    assert_eq!(reserved.as_deref(), Some("1"));
+    assert!(
+        globex_took < Duration::from_millis(150),
+        "globex waited for its reserved connection: {globex_took:?}"
+    );
+    assert!(
+        acme_took >= Duration::from_millis(850),
+        "acme used the reserved connection: {acme_took:?}"
+    );
+}

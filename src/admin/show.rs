@@ -253,6 +253,7 @@ fn tenants(shared: &Shared) -> Table {
         "max_server_connections",
         "max_client_connections",
         "queue_timeout",
+        "reserved_server_connections",
         "upstream",
     ]);
     let cfg = shared.config();
@@ -305,6 +306,7 @@ fn tenants(shared: &Shared) -> Table {
             ten.limits
                 .queue_timeout
                 .map(|d| humantime::format_duration(d).to_string()),
+            s(ten.limits.reserved_server_connections),
             ten.dedicated.as_ref().map(|d| {
                 let u = &d.upstream;
                 format!("{}@{}:{}/{}", u.user, u.host, u.port, u.dbname)

@@ -67,6 +67,8 @@ pub struct PoolSettings {
     pub idle_transaction_timeout: Duration,
     pub server_login_retry: Duration,
     pub ready_probe_timeout: Duration,
+    /// Serve waiters by fair sharing between tenants (else first come first served).
+    pub fair_sharing: bool,
     pub tcp: TcpSettings,
 }
 

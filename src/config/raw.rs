@@ -146,6 +146,10 @@ pub struct RawPool {
     /// How long the readiness probe (`SELECT 1` on a server connection) may take.
     #[serde(default = "default_ready_timeout")]
     pub ready_probe_timeout: String,
+    /// Waiting clients are served by fair sharing between tenants (default); `false`: first
+    /// come first served across tenants.
+    #[serde(default = "default_true")]
+    pub fair_sharing: bool,
 }
 
 impl Default for RawPool {
@@ -224,6 +228,9 @@ pub struct RawTenant {
     /// `checkout_timeout`).
     #[serde(default)]
     pub queue_timeout: Option<String>,
+    /// Server connections of its database's pool set aside for it.
+    #[serde(default)]
+    pub reserved_server_connections: Option<usize>,
     /// Dedicated database: the tenant's own upstream instead of its database's.
     #[serde(default)]
     pub upstream: Option<String>,
@@ -428,6 +435,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             }
             d => d,
         },
+        fair_sharing: p.fair_sharing,
         tcp: TcpSettings {
             keepidle: dur("pool.tcp_keepidle", &p.tcp_keepidle)?,
             keepintvl: dur("pool.tcp_keepintvl", &p.tcp_keepintvl)?,
@@ -658,6 +666,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
                 }
                 n => n,
             },
+            reserved_server_connections: t.reserved_server_connections.unwrap_or(0),
             queue_timeout: t
                 .queue_timeout
                 .as_deref()

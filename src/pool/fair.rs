@@ -7,10 +7,13 @@
 //!   to a waiter that gave up (timeout, cancel) comes back through [`Waiter`]'s drop.
 //! - A class never holds more than its `Share::max` permits; its clients wait beyond that
 //!   even when slots are free (which other classes may take).
+//! - A class with a reserve of `r` slots ([`FairGate::set_reserves`]) can always get up to `r`
+//!   of them: another class takes a slot only while more are free than the other classes'
+//!   reserves they do not use.
 //! - A permit is taken without queueing only when no client that could be served waits: the
 //!   fast path never overtakes the queue.
 //! - When a slot frees up and clients wait, it goes to the waiting class with the least
-//!   *virtual time* (connection time held, divided by the class's weight); a class that
+//!   *virtual time* (or, with fair sharing off, to the client that queued first) (connection time held, divided by the class's weight); a class that
 //!   starts waiting after being idle starts at the current virtual clock, so idleness banks
 //!   no credit. A light class therefore waits at most about one transaction of the others,
 //!   and a heavy one gets every slot nobody else wants.
@@ -53,6 +56,12 @@ struct State {
     /// Virtual time of the last grant; classes that start waiting start here.
     clock: f64,
     classes: HashMap<ClassKey, Class>,
+    /// Slots set aside per class (usually empty).
+    reserves: HashMap<ClassKey, usize>,
+    /// Serve waiters in arrival order across classes (fair sharing off).
+    fifo: bool,
+    /// Arrival order of waiters.
+    next_ticket: u64,
 }
 
 #[derive(Default)]
@@ -62,7 +71,8 @@ struct Class {
     held: usize,
     /// The latest `Share::max` a client of the class asked with.
     max: usize,
-    queue: VecDeque<oneshot::Sender<()>>,
+    /// Waiters with their arrival tickets.
+    queue: VecDeque<(u64, oneshot::Sender<()>)>,
 }
 
 impl Class {
@@ -80,13 +90,23 @@ pub struct Permit {
 }
 
 impl FairGate {
-    pub fn new(size: usize) -> Arc<FairGate> {
+    /// A gate of `size` slots; `fair`: by connection time between classes, else first come
+    /// first served across classes (caps and reserves still apply).
+    pub fn new(size: usize, fair: bool) -> Arc<FairGate> {
         Arc::new(FairGate {
             state: Mutex::new(State {
                 free: size,
+                fifo: !fair,
                 ..State::default()
             }),
         })
+    }
+
+    /// Set aside slots for classes (replacing the previous reserves).
+    pub fn set_reserves(&self, reserves: HashMap<ClassKey, usize>) {
+        let mut s = self.lock();
+        s.reserves = reserves;
+        s.hand_over();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -111,7 +131,9 @@ impl FairGate {
             } else {
                 let (tx, rx) = oneshot::channel();
                 s.waiting += 1;
-                s.activate(class, share).queue.push_back(tx);
+                s.next_ticket += 1;
+                let ticket = s.next_ticket;
+                s.activate(class, share).queue.push_back((ticket, tx));
                 Some(rx)
             }
         };
@@ -177,7 +199,7 @@ impl State {
 
     /// Take a slot without queueing, if that overtakes nobody.
     fn take_now(&mut self, class: &ClassKey, share: Share) -> bool {
-        if self.free == 0 || self.anyone_servable_waits() {
+        if self.free == 0 || self.anyone_servable_waits() || !self.slot_for(class) {
             return false;
         }
         let c = self.activate(class, share);
@@ -189,28 +211,45 @@ impl State {
         true
     }
 
-    fn anyone_servable_waits(&self) -> bool {
-        self.waiting > 0
-            && self
-                .classes
-                .values()
-                .any(|c| !c.queue.is_empty() && c.may_take())
+    /// A free slot is left for `class` after the other classes' unused reserves.
+    fn slot_for(&self, class: &ClassKey) -> bool {
+        if self.reserves.is_empty() {
+            return self.free > 0;
+        }
+        let unused: usize = self
+            .reserves
+            .iter()
+            .filter(|(k, _)| *k != class)
+            .map(|(k, r)| r.saturating_sub(self.classes.get(k).map_or(0, |c| c.held)))
+            .sum();
+        self.free > unused
     }
 
-    /// Give free slots to waiters, fairest class first.
+    fn servable(&self, key: &ClassKey, c: &Class) -> bool {
+        !c.queue.is_empty() && c.may_take() && self.slot_for(key)
+    }
+
+    fn anyone_servable_waits(&self) -> bool {
+        self.waiting > 0 && self.classes.iter().any(|(k, c)| self.servable(k, c))
+    }
+
+    /// Give free slots to waiters: the fairest class first (or the first to queue).
     fn hand_over(&mut self) {
         while self.free > 0 && self.waiting > 0 {
-            let Some((key, vtime)) = self
+            let candidates = self
                 .classes
                 .iter()
-                .filter(|(_, c)| !c.queue.is_empty() && c.may_take())
-                .map(|(k, c)| (k.clone(), c.vtime))
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-            else {
-                return; // every waiting class is at its maximum
+                .filter(|(k, c)| self.servable(k, c))
+                .map(|(k, c)| (k, c.vtime, c.queue.front().map_or(u64::MAX, |w| w.0)));
+            let next = match self.fifo {
+                true => candidates.min_by_key(|c| c.2),
+                false => candidates.min_by(|a, b| a.1.total_cmp(&b.1)),
+            };
+            let Some((key, vtime)) = next.map(|(k, vtime, _)| (k.clone(), vtime)) else {
+                return; // every waiting class is at its maximum or kept off reserves
             };
             let c = self.classes.get_mut(&key).expect("just found");
-            let Some(tx) = c.queue.pop_front() else {
+            let Some((_, tx)) = c.queue.pop_front() else {
                 continue;
             };
             self.waiting -= 1;
@@ -266,7 +305,7 @@ impl Drop for Waiter<'_> {
         } = &mut *s;
         if let Some(c) = classes.get_mut(self.class) {
             let before = c.queue.len();
-            c.queue.retain(|tx| !tx.is_closed());
+            c.queue.retain(|(_, tx)| !tx.is_closed());
             *waiting -= before - c.queue.len();
         }
         s.forget_idle(self.class);
@@ -285,7 +324,7 @@ mod tests {
 
     #[test]
     fn the_fast_path_takes_free_slots_and_never_overtakes_waiters() {
-        let g = FairGate::new(2);
+        let g = FairGate::new(2, true);
         let a = g.try_acquire(&key("a"), Share::EQUAL).expect("free");
         let _b = g.try_acquire(&key("b"), Share::EQUAL).expect("free");
         assert!(g.try_acquire(&key("a"), Share::EQUAL).is_none());
@@ -299,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_slot_granted_to_a_client_that_gave_up_comes_back() {
-        let g = FairGate::new(1);
+        let g = FairGate::new(1, true);
         let held = g.try_acquire(&key("a"), Share::EQUAL).unwrap();
         let b = key("b");
         let mut gave_up = Box::pin(g.acquire(&b, Share::EQUAL));
@@ -315,7 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_that_times_out_leaves_the_queue() {
-        let g = FairGate::new(1);
+        let g = FairGate::new(1, true);
         let held = g.try_acquire(&key("a"), Share::EQUAL).unwrap();
         let b = key("b");
         let r = tokio::time::timeout(Duration::from_millis(10), g.acquire(&b, Share::EQUAL)).await;
@@ -332,7 +371,7 @@ mod tests {
     /// queued last and is served first, then the heavy one in its own FIFO order.
     #[tokio::test]
     async fn the_class_with_the_least_connection_time_goes_first() {
-        let g = FairGate::new(1);
+        let g = FairGate::new(1, true);
         let order = Arc::new(Mutex::new(Vec::new()));
         let held = g.try_acquire(&key("heavy"), Share::EQUAL).unwrap();
         let mut tasks = Vec::new();
@@ -358,7 +397,7 @@ mod tests {
     /// served before a class of weight 1 that queued first.
     #[test]
     fn weight_divides_the_time_charged() {
-        let g = FairGate::new(1);
+        let g = FairGate::new(1, true);
         let (a, b) = (key("a"), key("b"));
         let heavy_share = Share {
             weight: 4.0,
@@ -383,7 +422,7 @@ mod tests {
 
     #[test]
     fn a_class_at_its_maximum_waits_while_others_take_free_slots() {
-        let g = FairGate::new(3);
+        let g = FairGate::new(3, true);
         let (a, b) = (key("a"), key("b"));
         let one = Share {
             max: 1,
@@ -400,5 +439,42 @@ mod tests {
             (&mut wait_a).now_or_never().is_some(),
             "a's turn after its release"
         );
+    }
+
+    #[test]
+    fn a_reserve_is_kept_for_its_class() {
+        let g = FairGate::new(3, true);
+        let (a, b, t) = (key("a"), key("b"), key("t"));
+        g.set_reserves(HashMap::from([(t.clone(), 1)]));
+        let _a1 = g.try_acquire(&a, Share::EQUAL).unwrap();
+        let _b1 = g.try_acquire(&b, Share::EQUAL).unwrap();
+        assert!(
+            g.try_acquire(&a, Share::EQUAL).is_none(),
+            "the last slot is t's"
+        );
+        let mut wait_a = Box::pin(g.acquire(&a, Share::EQUAL));
+        assert!((&mut wait_a).now_or_never().is_none());
+        let t1 = g.try_acquire(&t, Share::EQUAL).expect("t's reserve");
+        drop(_b1); // t holds its reserve: the freed slot is anyone's
+        let a2 = (&mut wait_a).now_or_never().expect("a served");
+        drop(t1);
+        assert!(g.try_acquire(&b, Share::EQUAL).is_none(), "t's again");
+        drop(a2);
+        assert!(g.try_acquire(&b, Share::EQUAL).is_some());
+    }
+
+    #[test]
+    fn without_fair_sharing_the_first_to_queue_goes_first() {
+        let g = FairGate::new(1, false);
+        let (heavy, light) = (key("heavy"), key("light"));
+        let p = g.try_acquire(&heavy, Share::EQUAL).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let mut h2 = Box::pin(g.acquire(&heavy, Share::EQUAL));
+        assert!((&mut h2).now_or_never().is_none());
+        let mut l1 = Box::pin(g.acquire(&light, Share::EQUAL));
+        assert!((&mut l1).now_or_never().is_none());
+        drop(p);
+        assert!((&mut l1).now_or_never().is_none(), "light queued second");
+        assert!((&mut h2).now_or_never().is_some());
     }
 }

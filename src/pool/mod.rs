@@ -112,7 +112,7 @@ impl Pool {
         Arc::new(Pool {
             key,
             dedicated_tenant,
-            gate: FairGate::new(db.pool.size),
+            gate: FairGate::new(db.pool.size, db.pool.fair_sharing),
             own_class: ClassKey::from("\0pgward"),
             wait_histogram: crate::metrics::checkout_wait(&db.name),
             db,
@@ -190,6 +190,11 @@ impl Pool {
     /// A permit for the pool's own work (maintenance, probes), only if one is free.
     fn own_permit(&self) -> Option<Permit> {
         self.gate.try_acquire(&self.own_class, Share::EQUAL)
+    }
+
+    /// Set aside connections for tenants (`reserved_server_connections`).
+    pub fn set_reserves(&self, reserves: HashMap<ClassKey, usize>) {
+        self.gate.set_reserves(reserves);
     }
 
     /// Clients waiting for a connection now.

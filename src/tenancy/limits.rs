@@ -60,6 +60,8 @@ pub struct TenantLimits {
     /// The longest a client of this tenant waits for a server connection (instead of the
     /// pool's `checkout_timeout`).
     pub queue_timeout: Option<std::time::Duration>,
+    /// Server connections of its database's pool that only this tenant may use.
+    pub reserved_server_connections: usize,
 }
 
 impl Default for TenantLimits {
@@ -69,6 +71,7 @@ impl Default for TenantLimits {
             max_server_connections: None,
             max_client_connections: None,
             queue_timeout: None,
+            reserved_server_connections: 0,
         }
     }
 }
@@ -80,6 +83,7 @@ impl TenantLimits {
         max_server: Option<&str>,
         max_client: Option<&str>,
         queue_timeout: Option<&str>,
+        reserved: Option<&str>,
     ) -> Result<TenantLimits, String> {
         fn set(v: Option<&str>) -> Option<&str> {
             v.map(str::trim).filter(|v| !v.is_empty())
@@ -104,6 +108,11 @@ impl TenantLimits {
         if let Some(t) = set(queue_timeout) {
             l.queue_timeout = Some(parse_queue_timeout(t)?);
         }
+        if let Some(r) = set(reserved) {
+            l.reserved_server_connections = r.parse().map_err(|_| {
+                format!("reserved_server_connections {r:?}: must be a number of connections")
+            })?;
+        }
         Ok(l)
     }
 
@@ -116,6 +125,32 @@ impl TenantLimits {
                 .or(default_cap)
                 .map_or(usize::MAX, |c| c.of(pool_size)),
         }
+    }
+}
+
+/// Give each shared pool its tenants' `reserved_server_connections` (after a reload or a
+/// refresh). A pool keeps at least one connection nobody reserved: reserves beyond that are
+/// cut down, in tenant id order, with a warning.
+pub fn apply_reserves(shared: &crate::proxy::Shared) {
+    let tenants = shared.tenants.load().sorted();
+    for p in shared.pools.iter().filter(|p| p.dedicated_tenant.is_none()) {
+        let mut reserves = std::collections::HashMap::new();
+        let mut left = p.db.pool.size.saturating_sub(1);
+        for t in &tenants {
+            let want = t.limits.reserved_server_connections;
+            if want == 0 || t.database != p.name() || t.dedicated.is_some() {
+                continue;
+            }
+            let r = want.min(left);
+            if r < want {
+                tracing::warn!(tenant = %t.id, database = %p.name(), reserved = want, kept = r, pool_size = p.db.pool.size, "reserved_server_connections cut down: the pool keeps at least one connection nobody reserved");
+            }
+            left -= r;
+            if r > 0 {
+                reserves.insert(crate::pool::ClassKey::from(t.id.as_str()), r);
+            }
+        }
+        p.set_reserves(reserves);
     }
 }
 
@@ -201,23 +236,31 @@ mod tests {
 
     #[test]
     fn limits_from_table_text() {
-        let l =
-            TenantLimits::from_text(Some("2.5"), Some("50%"), Some("10"), Some("250ms")).unwrap();
+        let l = TenantLimits::from_text(
+            Some("2.5"),
+            Some("50%"),
+            Some("10"),
+            Some("250ms"),
+            Some("1"),
+        )
+        .unwrap();
         assert_eq!(l.queue_timeout, Some(std::time::Duration::from_millis(250)));
+        assert_eq!(l.reserved_server_connections, 1);
         assert_eq!(l.weight, 2.5);
         assert_eq!(l.share(8, None).max, 4);
         assert_eq!(l.max_client_connections, Some(10));
-        let d = TenantLimits::from_text(None, Some(""), None, Some(" ")).unwrap();
+        let d = TenantLimits::from_text(None, Some(""), None, Some(" "), None).unwrap();
         assert_eq!(d, TenantLimits::default());
         assert_eq!(
             d.share(8, Some(ServerCap::Count(3))).max,
             3,
             "database default"
         );
-        assert!(TenantLimits::from_text(Some("0"), None, None, None).is_err());
-        assert!(TenantLimits::from_text(None, None, Some("0"), None).is_err());
-        assert!(TenantLimits::from_text(None, None, None, Some("0s")).is_err());
-        assert!(TenantLimits::from_text(None, None, None, Some("soon")).is_err());
+        assert!(TenantLimits::from_text(Some("0"), None, None, None, None).is_err());
+        assert!(TenantLimits::from_text(None, None, Some("0"), None, None).is_err());
+        assert!(TenantLimits::from_text(None, None, None, Some("0s"), None).is_err());
+        assert!(TenantLimits::from_text(None, None, None, Some("soon"), None).is_err());
+        assert!(TenantLimits::from_text(None, None, None, None, Some("-1")).is_err());
     }
 
     #[test]

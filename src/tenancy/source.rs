@@ -5,7 +5,8 @@
 //! Expected columns (text; extra columns ignored, missing optional ones are NULL):
 //! `id`, `database`, `search_path` (comma-separated or a text[] literal), `settings` (JSON
 //! object of strings), `role`, `users` (comma-separated or text[]); optional limits `weight`,
-//! `max_server_connections`, `max_client_connections`, `queue_timeout`; and for a tenant
+//! `max_server_connections`, `max_client_connections`, `queue_timeout`,
+//! `reserved_server_connections`; and for a tenant
 //! with a database of its own, `upstream` (libpq URL) and `pool_size`. Rows that do not validate
 //! are skipped with a warning naming the tenant. Tenants in the configuration file win.
 //!
@@ -51,7 +52,7 @@ pub async fn refresh(shared: &Shared, cfg: &Config, tq: &TenantQuery) {
                 .store(Arc::new(TenantContexts::build(cfg, &loaded)));
             shared.posture_recheck.notify_one();
             shared.loaded_tenants.store(Arc::new(loaded));
-            crate::tenancy::dedicated::reconcile(shared);
+            shared.tenants_changed();
             metrics::gauge!("pgward_tenants_loaded").set(n as f64);
             tracing::debug!(tenants = n, "tenant registry refreshed");
         }
@@ -94,6 +95,7 @@ async fn load(cfg: &Config, tq: &TenantQuery) -> Result<Vec<Tenant>, String> {
                 col("max_server_connections"),
                 col("max_client_connections"),
                 col("queue_timeout"),
+                col("reserved_server_connections"),
                 col("upstream"),
                 col("pool_size"),
             ],
@@ -115,7 +117,8 @@ fn row_to_tenant(
     settings: Option<String>,
     role: Option<String>,
     users: Option<String>,
-    [weight, max_server, max_client, queue_timeout, upstream, pool_size]: [Option<String>; 6],
+    [weight, max_server, max_client, queue_timeout, reserved, upstream, pool_size]: [Option<String>;
+        7],
 ) -> Result<Tenant, String> {
     let id = id
         .filter(|s| !s.is_empty() && s.len() <= 63)
@@ -158,6 +161,7 @@ fn row_to_tenant(
         max_server.as_deref(),
         max_client.as_deref(),
         queue_timeout.as_deref(),
+        reserved.as_deref(),
     )
     .map_err(|e| format!("tenant {id:?}: {e}"))?;
     let dedicated =
@@ -208,7 +212,7 @@ mod tests {
         )
         .unwrap();
         let s = |v: &str| Some(v.to_string());
-        const NONE: [Option<String>; 6] = [None, None, None, None, None, None];
+        const NONE: [Option<String>; 7] = [None, None, None, None, None, None, None];
         let t = row_to_tenant(
             &cfg,
             s("t9"),
@@ -222,6 +226,7 @@ mod tests {
                 s("25%"),
                 None,
                 s("1s"),
+                s("1"),
                 s("postgres://u@h2/big"),
                 s("2"),
             ],
@@ -251,11 +256,11 @@ mod tests {
             NONE
         )
         .is_err());
-        let bad_weight = [s("0"), None, None, None, None, None];
+        let bad_weight = [s("0"), None, None, None, None, None, None];
         assert!(
             row_to_tenant(&cfg, s("t9"), s("app"), None, None, None, None, bad_weight).is_err()
         );
-        let bad_upstream = [None, None, None, None, s("nope"), None];
+        let bad_upstream = [None, None, None, None, None, s("nope"), None];
         assert!(row_to_tenant(
             &cfg,
             s("t9"),
