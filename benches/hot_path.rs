@@ -246,11 +246,15 @@ fn bench_pool_gate(c: &mut Criterion) {
     let mut g = c.benchmark_group("pool_gate");
     let gate = pgward::pool::fair::FairGate::new(20, true);
     let class: pgward::pool::ClassKey = Arc::from("acme");
+    // As the pool uses it: with the clock reading it takes anyway for the transaction.
+    let now = std::time::Instant::now();
     g.bench_function("fair_acquire_release", |b| {
         b.iter(|| {
-            drop(black_box(
-                gate.try_acquire(&class, pgward::pool::Share::EQUAL),
-            ))
+            let mut p = gate.try_acquire_at(&class, pgward::pool::Share::EQUAL, now);
+            if let Some(p) = p.as_mut() {
+                p.end_at(now);
+            }
+            drop(black_box(p))
         })
     });
     let sem = Arc::new(tokio::sync::Semaphore::new(20));

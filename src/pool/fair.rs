@@ -13,18 +13,42 @@
 //! - A permit is taken without queueing only when no client that could be served waits: the
 //!   fast path never overtakes the queue.
 //! - When a slot frees up and clients wait, it goes to the waiting class with the least
-//!   *virtual time* (or, with fair sharing off, to the client that queued first) (connection time held, divided by the class's weight); a class that
-//!   starts waiting after being idle starts at the current virtual clock, so idleness banks
-//!   no credit. A light class therefore waits at most about one transaction of the others,
-//!   and a heavy one gets every slot nobody else wants.
+//!   *virtual time* (connection time held, divided by the class's weight), or, with fair
+//!   sharing off, to the client that queued first. A class that becomes active after being
+//!   idle starts no lower than [`CREDIT`] below the current virtual clock, so idleness banks
+//!   at most that much: a class that only now asks goes before the classes that have been
+//!   holding connections, but a class that held a lot keeps its debt. A light class therefore
+//!   waits at most about one transaction of the others, and a heavy one gets every slot
+//!   nobody else wants.
+//! - Anticipation: a slot released by a class that would be served next if it waited, while
+//!   other classes wait, is held for that class for [`GRACE`] (a client's round trip to send
+//!   its next statement) before it goes to them. Without it a light tenant whose client is
+//!   between two statements loses the slot to a heavy tenant for a whole transaction of
+//!   theirs. `free + permits out + parked == size`; a parked slot is handed on once its
+//!   grace is over (at the next event on the gate, or by the gate's one timer task).
 //! - One short `std::sync::Mutex`, never held across an `.await` or while sending a permit's
 //!   release back into it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+/// How long a released slot is held for the class that released it, when that class would
+/// be served next (see the module documentation).
+pub const GRACE: Duration = Duration::from_millis(1);
+
+/// The most a class that was idle starts below the virtual clock (seconds of connection
+/// time, weighted).
+pub const CREDIT: f64 = 0.02;
+
+/// Class lookups happen twice per checkout: a fast hash for short keys.
+type Hasher = foldhash::fast::RandomState;
+
+/// Idle classes are kept (no lookup, insert and removal per checkout) until there are this
+/// many entries; then they are pruned, and the bound doubles past what is left.
+const PRUNE_AT: usize = 256;
 
 /// A class of clients sharing the gate fairly: a tenant id, or `""` for plain clients.
 pub type ClassKey = Arc<str>;
@@ -49,30 +73,54 @@ pub struct FairGate {
     state: Mutex<State>,
 }
 
-#[derive(Default)]
 struct State {
+    /// Origin of the clock readings summed in [`Class::since_sum`].
+    epoch: Instant,
     free: usize,
     waiting: usize,
     /// Virtual time of the last grant; classes that start waiting start here.
     clock: f64,
-    classes: HashMap<ClassKey, Class>,
+    classes: HashMap<ClassKey, Class, Hasher>,
+    /// Prune idle classes from `classes` when it grows past this.
+    prune_at: usize,
     /// Slots set aside per class (usually empty).
     reserves: HashMap<ClassKey, usize>,
     /// Serve waiters in arrival order across classes (fair sharing off).
     fifo: bool,
     /// Arrival order of waiters.
     next_ticket: u64,
+    /// Slots held for a class (oldest first); the time a slot stays parked counts as that
+    /// class's connection time.
+    parked: VecDeque<Parked>,
+    /// A timer task will hand on parked slots whose grace is over.
+    timer_armed: bool,
+}
+
+struct Parked {
+    class: ClassKey,
+    since: Instant,
+    weight: f64,
+}
+
+impl Parked {
+    fn deadline(&self) -> Instant {
+        self.since + GRACE
+    }
 }
 
 #[derive(Default)]
 struct Class {
-    /// Seconds of server-connection time held, divided by the weight.
+    /// Seconds of server-connection time of the permits given back, divided by the weight.
     vtime: f64,
     held: usize,
+    /// Sum over the permits held of when each began (seconds since the gate's epoch): with
+    /// `held`, the time they have been held so far ([`State::eff`]).
+    since_sum: f64,
+    weight: f64,
     /// The latest `Share::max` a client of the class asked with.
     max: usize,
-    /// Waiters with their arrival tickets.
-    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// Waiters with their arrival tickets; a grant sends when it began.
+    queue: VecDeque<(u64, oneshot::Sender<Instant>)>,
 }
 
 impl Class {
@@ -87,6 +135,15 @@ pub struct Permit {
     class: ClassKey,
     weight: f64,
     since: Instant,
+    /// When the holder gave it back, if it said ([`Permit::end_at`]); else read on drop.
+    ended: Option<Instant>,
+}
+
+impl Permit {
+    /// The caller's reading of the clock when it gave the slot back (saves a clock read).
+    pub fn end_at(&mut self, now: Instant) {
+        self.ended = Some(now);
+    }
 }
 
 impl FairGate {
@@ -95,9 +152,17 @@ impl FairGate {
     pub fn new(size: usize, fair: bool) -> Arc<FairGate> {
         Arc::new(FairGate {
             state: Mutex::new(State {
+                epoch: Instant::now(),
                 free: size,
+                waiting: 0,
+                clock: 0.0,
+                classes: HashMap::default(),
+                prune_at: PRUNE_AT,
+                reserves: HashMap::new(),
                 fifo: !fair,
-                ..State::default()
+                next_ticket: 0,
+                parked: VecDeque::new(),
+                timer_armed: false,
             }),
         })
     }
@@ -116,17 +181,28 @@ impl FairGate {
     /// A permit if one is free, the class is under its share and no client that could be
     /// served waits.
     pub fn try_acquire(self: &Arc<Self>, class: &ClassKey, share: Share) -> Option<Permit> {
-        if !self.lock().take_now(class, share) {
+        self.try_acquire_at(class, share, Instant::now())
+    }
+
+    /// [`FairGate::try_acquire`] with the caller's reading of the clock.
+    pub fn try_acquire_at(
+        self: &Arc<Self>,
+        class: &ClassKey,
+        share: Share,
+        now: Instant,
+    ) -> Option<Permit> {
+        if !self.lock().take_now(class, share, now) {
             return None;
         }
-        Some(self.permit(class, share.weight))
+        Some(self.permit(class, share.weight, now))
     }
 
     /// Wait for a permit (cancel-safe: dropping the future gives a granted slot back).
     pub async fn acquire(self: &Arc<Self>, class: &ClassKey, share: Share) -> Permit {
+        let now = Instant::now();
         let rx = {
             let mut s = self.lock();
-            if s.take_now(class, share) {
+            if s.take_now(class, share, now) {
                 None
             } else {
                 let (tx, rx) = oneshot::channel();
@@ -137,42 +213,85 @@ impl FairGate {
                 Some(rx)
             }
         };
+        let mut since = now;
         if let Some(rx) = rx {
             let mut w = Waiter {
                 gate: self,
                 class,
+                weight: share.weight,
                 rx: Some(rx),
             };
             if let Some(rx) = w.rx.as_mut() {
                 // Never Err: an entry leaves the queue unsent only once its receiver is
                 // closed, and this one is open until here.
-                let _ = rx.await;
+                since = rx.await.unwrap_or_else(|_| Instant::now());
             }
             w.rx = None; // received: the permit below owns the slot
         }
-        self.permit(class, share.weight)
+        self.permit(class, share.weight, since)
     }
 
-    fn permit(self: &Arc<Self>, class: &ClassKey, weight: f64) -> Permit {
+    fn permit(self: &Arc<Self>, class: &ClassKey, weight: f64, since: Instant) -> Permit {
         Permit {
             gate: self.clone(),
             class: class.clone(),
             weight,
-            since: Instant::now(),
+            since,
+            ended: None,
         }
     }
 
-    /// A slot of `class` is given back after `held` seconds (weighted): hand it to the
-    /// fairest waiter, or keep it free.
-    fn release(&self, class: &ClassKey, charge: f64) {
+    /// A slot of `class` (of `weight`), held from `since` to `ended`, is given back: park it
+    /// for the class, hand it to the fairest waiter, or keep it free.
+    fn release(self: &Arc<Self>, class: &ClassKey, since: Instant, ended: Instant, weight: f64) {
         let mut s = self.lock();
+        let epoch = s.epoch;
         if let Some(c) = s.classes.get_mut(class) {
             c.held = c.held.saturating_sub(1);
-            c.vtime += charge;
+            c.since_sum = match c.held {
+                0 => 0.0, // no drift left behind
+                _ => c.since_sum - since.saturating_duration_since(epoch).as_secs_f64(),
+            };
+            c.vtime += ended.saturating_duration_since(since).as_secs_f64() / weight;
         }
-        s.free += 1;
-        s.hand_over();
-        s.forget_idle(class);
+        if !s.parked.is_empty() {
+            s.expire(Instant::now());
+        }
+        // (Uncontended, nobody waits: no clock read, no parking.)
+        if s.should_park(class) && tokio::runtime::Handle::try_current().is_ok() {
+            s.parked.push_back(Parked {
+                class: class.clone(),
+                since: Instant::now(),
+                weight,
+            });
+            if !s.timer_armed {
+                s.timer_armed = true;
+                let gate = self.clone();
+                tokio::spawn(async move { gate.expiry_timer().await });
+            }
+        } else {
+            s.free += 1;
+            s.hand_over();
+        }
+        s.forget_idle();
+    }
+
+    /// Hand on parked slots as their grace ends, until none is left.
+    async fn expiry_timer(self: Arc<Self>) {
+        loop {
+            let next = {
+                let mut s = self.lock();
+                s.expire(Instant::now());
+                match s.parked.front() {
+                    Some(p) => p.deadline(),
+                    None => {
+                        s.timer_armed = false;
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(next.into()).await;
+        }
     }
 
     /// Waiting clients and permits held, by class (for SHOW and metrics).
@@ -180,25 +299,60 @@ impl FairGate {
         let s = self.lock();
         s.classes
             .iter()
+            .filter(|(_, c)| c.held > 0 || !c.queue.is_empty())
             .map(|(k, c)| (k.clone(), c.queue.len(), c.held))
             .collect()
     }
 }
 
 impl State {
-    /// The class, entering at the virtual clock if it was idle.
+    /// The class, entering at most [`CREDIT`] below the virtual clock if it was idle.
+    fn secs(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.epoch).as_secs_f64()
+    }
+
+    /// A class's virtual time counting its permits held so far (at `now`, in seconds since
+    /// the epoch): a class is not favoured for the connections it is holding right now.
+    fn eff(c: &Class, now: f64) -> f64 {
+        c.vtime + (c.held as f64 * now - c.since_sum).max(0.0) / c.weight
+    }
+
+    /// Count a permit of the class as held from `now`.
+    fn hold(c: &mut Class, now: f64) {
+        c.held += 1;
+        c.since_sum += now;
+    }
+
     fn activate(&mut self, class: &ClassKey, share: Share) -> &mut Class {
         let clock = self.clock;
-        let c = self.classes.entry(class.clone()).or_default();
+        if !self.classes.contains_key(class) {
+            self.classes.insert(class.clone(), Class::default());
+        }
+        let c = self.classes.get_mut(class).expect("just inserted");
         if c.held == 0 && c.queue.is_empty() {
-            c.vtime = c.vtime.max(clock);
+            c.vtime = c.vtime.max(clock - CREDIT);
         }
         c.max = share.max;
+        c.weight = share.weight;
         c
     }
 
-    /// Take a slot without queueing, if that overtakes nobody.
-    fn take_now(&mut self, class: &ClassKey, share: Share) -> bool {
+    /// Take a slot without queueing, if that overtakes nobody: one parked for the class, else
+    /// a free one.
+    fn take_now(&mut self, class: &ClassKey, share: Share, now: Instant) -> bool {
+        let now_s = self.secs(now);
+        if !self.parked.is_empty() {
+            self.expire(now);
+            if let Some(i) = self.parked.iter().position(|p| &p.class == class) {
+                if self.activate(class, share).may_take() {
+                    let p = self.parked.remove(i).expect("just found");
+                    let c = self.activate(class, share);
+                    Self::hold(c, now_s);
+                    c.vtime += now.saturating_duration_since(p.since).as_secs_f64() / p.weight;
+                    return true;
+                }
+            }
+        }
         if self.free == 0 || self.anyone_servable_waits() || !self.slot_for(class) {
             return false;
         }
@@ -206,9 +360,45 @@ impl State {
         if !c.may_take() {
             return false;
         }
-        c.held += 1;
+        Self::hold(c, now_s);
         self.free -= 1;
         true
+    }
+
+    /// Keep a slot `class` just released for it: others wait, it has no waiter itself, and it
+    /// would be served before them.
+    fn should_park(&self, class: &ClassKey) -> bool {
+        if self.fifo || self.waiting == 0 {
+            return false;
+        }
+        let Some(c) = self.classes.get(class) else {
+            return false;
+        };
+        if !c.queue.is_empty() || !c.may_take() {
+            return false;
+        }
+        let now = self.secs(Instant::now());
+        let mine = Self::eff(c, now).max(self.clock - CREDIT);
+        self.classes
+            .iter()
+            .filter(|(k, o)| *k != class && !o.queue.is_empty() && o.may_take())
+            .all(|(_, o)| mine < Self::eff(o, now))
+    }
+
+    /// Parked slots whose grace is over become free (and go to waiters).
+    fn expire(&mut self, now: Instant) {
+        let mut freed = false;
+        while self.parked.front().is_some_and(|p| p.deadline() <= now) {
+            let p = self.parked.pop_front().expect("just seen");
+            if let Some(c) = self.classes.get_mut(&p.class) {
+                c.vtime += GRACE.as_secs_f64() / p.weight;
+            }
+            self.free += 1;
+            freed = true;
+        }
+        if freed {
+            self.hand_over();
+        }
     }
 
     /// A free slot is left for `class` after the other classes' unused reserves.
@@ -235,12 +425,20 @@ impl State {
 
     /// Give free slots to waiters: the fairest class first (or the first to queue).
     fn hand_over(&mut self) {
+        if self.free == 0 || self.waiting == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let now_s = self.secs(now);
         while self.free > 0 && self.waiting > 0 {
             let candidates = self
                 .classes
                 .iter()
                 .filter(|(k, c)| self.servable(k, c))
-                .map(|(k, c)| (k, c.vtime, c.queue.front().map_or(u64::MAX, |w| w.0)));
+                .map(|(k, c)| {
+                    let ticket = c.queue.front().map_or(u64::MAX, |w| w.0);
+                    (k, Self::eff(c, now_s), ticket)
+                });
             let next = match self.fifo {
                 true => candidates.min_by_key(|c| c.2),
                 false => candidates.min_by(|a, b| a.1.total_cmp(&b.1)),
@@ -253,30 +451,33 @@ impl State {
                 continue;
             };
             self.waiting -= 1;
-            if tx.send(()).is_ok() {
+            if tx.send(now).is_ok() {
                 self.free -= 1;
-                c.held += 1;
+                Self::hold(c, now_s);
                 self.clock = self.clock.max(vtime);
             }
             // else: that waiter gave up; try the next one
         }
     }
 
-    /// Drop the entry of a class that holds and waits for nothing and has no debt left.
-    fn forget_idle(&mut self, class: &ClassKey) {
-        let clock = self.clock;
-        if let Some(c) = self.classes.get(class) {
-            if c.held == 0 && c.queue.is_empty() && c.vtime <= clock {
-                self.classes.remove(class);
-            }
+    /// Drop the entries of classes that hold and wait for nothing and have no debt left, once
+    /// there are many (amortised: the bound doubles past what is kept).
+    fn forget_idle(&mut self) {
+        if self.classes.len() <= self.prune_at {
+            return;
         }
+        let clock = self.clock;
+        self.classes
+            .retain(|_, c| !(c.held == 0 && c.queue.is_empty() && c.vtime <= clock));
+        self.prune_at = (self.classes.len() * 2).max(PRUNE_AT);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let charge = self.since.elapsed().as_secs_f64() / self.weight;
-        self.gate.release(&self.class, charge);
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        self.gate
+            .release(&self.class, self.since, ended, self.weight);
     }
 }
 
@@ -284,7 +485,8 @@ impl Drop for Permit {
 struct Waiter<'a> {
     gate: &'a Arc<FairGate>,
     class: &'a ClassKey,
-    rx: Option<oneshot::Receiver<()>>,
+    weight: f64,
+    rx: Option<oneshot::Receiver<Instant>>,
 }
 
 impl Drop for Waiter<'_> {
@@ -293,9 +495,9 @@ impl Drop for Waiter<'_> {
             return;
         };
         rx.close();
-        if rx.try_recv().is_ok() {
+        if let Ok(since) = rx.try_recv() {
             // Granted just as it gave up: the slot was counted as held by this class.
-            self.gate.release(self.class, 0.0);
+            self.gate.release(self.class, since, since, self.weight);
             return;
         }
         // Not granted: take its entry (and any other abandoned one) out of the queue.
@@ -308,7 +510,7 @@ impl Drop for Waiter<'_> {
             c.queue.retain(|(_, tx)| !tx.is_closed());
             *waiting -= before - c.queue.len();
         }
-        s.forget_idle(self.class);
+        s.forget_idle();
     }
 }
 
@@ -476,5 +678,36 @@ mod tests {
         drop(p);
         assert!((&mut l1).now_or_never().is_none(), "light queued second");
         assert!((&mut h2).now_or_never().is_some());
+    }
+
+    /// A light class between two statements keeps its slot for [`GRACE`] while a heavy one
+    /// waits; if it does not come back, the heavy one gets it.
+    #[tokio::test]
+    async fn a_released_slot_waits_briefly_for_the_class_that_deserves_it() {
+        let g = FairGate::new(1, true);
+        let (heavy, light) = (key("heavy"), key("light"));
+        let p = g.try_acquire(&heavy, Share::EQUAL).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut h = Box::pin(g.acquire(&heavy, Share::EQUAL));
+        assert!((&mut h).now_or_never().is_none());
+        drop(p); // heavy has waiters: no parking, its waiter gets the slot
+        let ph = (&mut h).now_or_never().expect("heavy's waiter");
+        let mut l = Box::pin(g.acquire(&light, Share::EQUAL));
+        assert!((&mut l).now_or_never().is_none());
+        drop(ph);
+        let pl = (&mut l)
+            .now_or_never()
+            .expect("light first: no connection time yet");
+        let mut h = Box::pin(g.acquire(&heavy, Share::EQUAL));
+        assert!((&mut h).now_or_never().is_none());
+        drop(pl); // light would go first: the slot is held for it
+        assert!((&mut h).now_or_never().is_none(), "parked for light");
+        let pl = g
+            .try_acquire(&light, Share::EQUAL)
+            .expect("light takes its parked slot");
+        drop(pl);
+        tokio::time::sleep(GRACE * 3).await; // light does not come back
+        assert!((&mut h).now_or_never().is_some(), "heavy after the grace");
+        assert!(g.lock().parked.is_empty() && !g.lock().timer_armed);
     }
 }

@@ -86,7 +86,7 @@ pub struct Pool {
 
 pub struct Checkout {
     conn: Option<ServerConn>,
-    _permit: Permit,
+    permit: Permit,
     pub pool: Arc<Pool>,
     pub since: Instant,
     /// How long the checkout waited in the queue.
@@ -159,18 +159,20 @@ impl Pool {
     ) -> Result<Checkout, CheckoutError> {
         // Fast path: a permit is free (none are, while anybody waits: released permits go to
         // waiters first, so this never overtakes the queue) and nothing is paused.
+        let now = Instant::now();
         let fast = match self.paused.load(Ordering::Acquire) {
-            false => self.gate.try_acquire(class, share),
+            false => self.gate.try_acquire_at(class, share, now),
             true => None,
         };
-        let (permit, waited) = match fast {
-            Some(p) => (p, Duration::ZERO),
+        let (permit, waited, now) = match fast {
+            Some(p) => (p, Duration::ZERO, now),
             None => {
                 let _waiting = since.map(Waiting::start);
-                self.wait_permit(class, share, timeout).await?
+                let (p, waited) = self.wait_permit(class, share, timeout).await?;
+                (p, waited, Instant::now())
             }
         };
-        self.with_permit(permit, waited).await
+        self.with_permit(permit, waited, now).await
     }
 
     /// A connection only if one can be had without queueing (a permit is free and the pool
@@ -183,8 +185,9 @@ impl Pool {
         if self.paused.load(Ordering::Acquire) {
             return None;
         }
-        let permit = self.gate.try_acquire(class, share)?;
-        Some(self.with_permit(permit, Duration::ZERO).await)
+        let now = Instant::now();
+        let permit = self.gate.try_acquire_at(class, share, now)?;
+        Some(self.with_permit(permit, Duration::ZERO, now).await)
     }
 
     /// A permit for the pool's own work (maintenance, probes), only if one is free.
@@ -209,14 +212,15 @@ impl Pool {
     }
 
     /// The rest of a checkout once a permit is held: an idle connection, or a new one.
+    /// `now`: the caller's reading of the clock, just taken.
     async fn with_permit(
         self: &Arc<Self>,
         permit: Permit,
         waited: Duration,
+        mut now: Instant,
     ) -> Result<Checkout, CheckoutError> {
         self.record_wait(waited);
         self.wait_histogram.record(waited.as_secs_f64());
-        let mut now = Instant::now();
         let conn = match self.take_idle(now) {
             Some(c) => c,
             None => {
@@ -230,7 +234,7 @@ impl Pool {
         self.stats.checkouts_total.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {
             conn: Some(conn),
-            _permit: permit,
+            permit,
             pool: self.clone(),
             since: now,
             waited,
@@ -515,6 +519,7 @@ impl Checkout {
 
     /// [`Checkout::checkin`] with the caller's reading of the clock.
     pub fn checkin_at(mut self, now: Instant) {
+        self.permit.end_at(now);
         if let Some(c) = self.conn.take() {
             self.pool.put_idle(c, now);
         }
