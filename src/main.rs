@@ -41,7 +41,10 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Cmd::CheckConfig { file }) => match pgward::config::Config::load(&file) {
             Ok(c) => {
-                print!("{}", pgward::config::render_effective(&c.raw));
+                for o in &c.origins {
+                    println!("# {} from the environment: {}", o.key, o.from);
+                }
+                print!("{}", pgward::config::render_effective(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => {

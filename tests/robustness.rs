@@ -600,3 +600,98 @@ async fn client_gone_while_held_frees_its_server() {
         .expect("no answer");
     assert!(r.is_ok(), "the only server connection stayed taken: {r:?}");
 }
+
+/// Secrets from the environment (Kubernetes Secrets): `${NAME}` in the file and `PGWARD_…`
+/// overrides, with the real binary. check-config says where values came from and prints no
+/// secret; an unset variable is an error naming the key and the variable; the proxy then
+/// authenticates upstream and clients with the values from the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_settings_come_from_the_environment() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = format!(
+        "listen = \"127.0.0.1:1\"\n[pool]\nsize = 2\n\n[[databases]]\nname = \"app\"\n\
+         upstream = \"postgres://pgward:${{T_DB_PASSWORD}}@127.0.0.1:{}/app?sslmode=disable\"\n\n\
+         [[users]]\nname = \"app_user\"\npassword = \"${{T_APP_PASSWORD}}\"\n",
+        pg.port()
+    );
+    let path = std::env::temp_dir().join(format!("pgward-env-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let bin = env!("CARGO_BIN_EXE_pgward");
+    let env = [
+        ("T_DB_PASSWORD", UPSTREAM_PASSWORD.to_string()),
+        ("T_APP_PASSWORD", PASSWORD.to_string()),
+        ("PGWARD_LISTEN", format!("127.0.0.1:{port}")),
+        ("PGWARD_POOL_SIZE", "3".to_string()),
+    ];
+    let check = std::process::Command::new(bin)
+        .arg("check-config")
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for want in [
+        "# databases[0].upstream from the environment: ${T_DB_PASSWORD}",
+        "# users[0].password from the environment: ${T_APP_PASSWORD}",
+        "# listen from the environment: PGWARD_LISTEN",
+        "# pool.size from the environment: PGWARD_POOL_SIZE",
+        "size = 3",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+    assert!(
+        !out.contains(UPSTREAM_PASSWORD) && !out.contains(PASSWORD),
+        "a secret was printed:\n{out}"
+    );
+    let unset = std::process::Command::new(bin)
+        .arg("check-config")
+        .arg(&path)
+        .env_remove("T_DB_PASSWORD")
+        .env("T_APP_PASSWORD", "x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&unset.stderr);
+    assert!(!unset.status.success());
+    assert!(
+        err.contains("databases[0].upstream: environment variable T_DB_PASSWORD is not set"),
+        "{err}"
+    );
+    let mut child = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("pgward did not listen on PGWARD_LISTEN");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("postgres://app_user:{PASSWORD}@127.0.0.1:{port}/app?sslmode=disable");
+    let r = connect(&url).await;
+    let v = match &r {
+        Ok(c) => scalar(c, "SELECT current_user").await,
+        Err(e) => format!("{e}"),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        v, "pgward",
+        "through pgward with the passwords from the environment"
+    );
+}

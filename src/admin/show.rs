@@ -357,7 +357,7 @@ fn databases(shared: &Shared) -> Table {
 fn config(shared: &Shared) -> Table {
     let cfg = shared.config();
     let mut t = Table::new(&["key", "value", "changeable"]);
-    let text = crate::config::render_effective(&cfg.raw);
+    let text = crate::config::render_effective(&cfg);
     let value: toml::Value =
         toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
     let mut flat = Vec::new();

@@ -7,6 +7,7 @@
 //! - The running proxy holds an `Arc<Config>`; reload builds a new one and swaps it whole.
 
 pub mod access;
+pub mod env;
 mod raw;
 mod upstream;
 
@@ -200,6 +201,9 @@ pub struct Config {
     pub auth_query: Option<AuthQuery>,
     /// The raw form, for `check-config` and `SHOW CONFIG`.
     pub raw: RawConfig,
+    /// Values that came from the environment (`${NAME}`, `PGWARD_…`): key and variable
+    /// names, never values.
+    pub origins: Vec<env::Origin>,
 }
 
 impl Config {
@@ -213,9 +217,20 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
+    /// Parse and validate `text`, with `${NAME}` references and `PGWARD_…` overrides from
+    /// the process environment ([`env`]).
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::from_toml_with_env(text, path, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::from_toml`] reading variables with `var`.
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let with_line = |e: toml::de::Error| {
             let key = e
                 .span()
                 .map(|s| {
@@ -228,8 +243,23 @@ impl Config {
                 key,
                 message: e.message().to_string(),
             }
+        };
+        // Syntax and type errors first, with their line, before anything is replaced.
+        toml::from_str::<RawConfig>(text).map_err(with_line)?;
+        let mut doc = toml::Value::Table(toml::from_str::<toml::Table>(text).map_err(with_line)?);
+        let origins = env::apply(&mut doc, var).map_err(|(key, message)| ConfigError {
+            file: file.clone(),
+            key,
+            message,
         })?;
-        raw::validate(raw, path)
+        let raw: RawConfig = doc.try_into().map_err(|e: toml::de::Error| ConfigError {
+            file: file.clone(),
+            key: "(environment)".into(),
+            message: e.message().to_string(),
+        })?;
+        let mut config = raw::validate(raw, path)?;
+        config.origins = origins;
+        Ok(config)
     }
 
     pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
@@ -299,5 +329,32 @@ mod tests {
             let e = Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap_err();
             assert_eq!(e.key, key, "{bad}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn environment_values_are_used_and_never_rendered() {
+        let text = format!("{BASE}\n[[users]]\nname = \"u\"\npassword = \"${{U_PW}}\"\n").replace(
+            "postgres://u@127.0.0.1/app\"\n        [[databases]]",
+            "postgres://u:${DB_PW}@127.0.0.1/app\"\n        [[databases]]",
+        );
+        let var = |k: &str| match k {
+            "U_PW" => Some("user-secret".to_string()),
+            "DB_PW" => Some("db-secret".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml_with_env(&text, std::path::Path::new("t.toml"), &var).unwrap();
+        assert_eq!(
+            c.database("app").unwrap().upstream.password.as_deref(),
+            Some("db-secret")
+        );
+        let shown = super::render_effective(&c);
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("${U_PW}") && shown.contains("${DB_PW}"),
+            "{shown}"
+        );
+        let e = Config::from_toml_with_env(&text, std::path::Path::new("t.toml"), &|_| None)
+            .unwrap_err();
+        assert_eq!(e.key, "databases[0].upstream");
     }
 }

@@ -799,6 +799,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
     }
 
     Ok(Config {
+        origins: Vec::new(),
         path: path.to_path_buf(),
         listen: addr("listen", &raw.listen)?,
         http_listen: match &raw.http_listen {
@@ -837,9 +838,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
     })
 }
 
-/// The effective configuration as TOML, with passwords masked.
-pub fn render_effective(raw: &RawConfig) -> String {
-    let mut r = raw.clone();
+/// The effective configuration as TOML, with passwords masked and values that came from
+/// `${NAME}` references shown as the file wrote them.
+pub fn render_effective(config: &super::Config) -> String {
+    let mut r = config.raw.clone();
     for u in &mut r.users {
         if u.password.is_some() {
             u.password = Some("********".into());
@@ -864,5 +866,10 @@ pub fn render_effective(raw: &RawConfig) -> String {
     if let Some(q) = &mut r.tenant_query {
         mask(&mut q.upstream);
     }
-    toml::to_string_pretty(&r).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    let mut doc = match toml::Value::try_from(&r) {
+        Ok(d) => d,
+        Err(e) => return format!("# cannot render: {e}\n"),
+    };
+    super::env::restore_templates(&mut doc, &config.origins);
+    toml::to_string_pretty(&doc).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
