@@ -119,18 +119,12 @@ pub fn readiness(shared: &Shared) -> Result<(), String> {
     }
 }
 
-/// T5 findings, one line each ("warning: database app: role pgward: is a superuser …").
+/// T5 findings, one line each ("warning: database app: role pgward: is a superuser …"; a
+/// tenant's own upstream as "app/tenant").
 fn posture_warnings(shared: &Shared) -> String {
-    use crate::tenancy::posture::Posture;
-    let cfg = shared.config();
-    cfg.databases
-        .iter()
-        .filter_map(|d| match shared.postures.get(&d.name)? {
-            p @ Posture::Unsafe { .. } => {
-                Some(format!("warning: database {}: {}\n", d.name, p.summary()))
-            }
-            _ => None,
-        })
+    crate::tenancy::posture::unsafe_findings(shared)
+        .into_iter()
+        .map(|(key, summary)| format!("warning: database {key}: {summary}\n"))
         .collect()
 }
 

@@ -255,6 +255,7 @@ fn tenants(shared: &Shared) -> Table {
         "queue_timeout",
         "reserved_server_connections",
         "upstream",
+        "role_check",
     ]);
     let cfg = shared.config();
     for ten in shared.tenants.load().sorted() {
@@ -310,6 +311,17 @@ fn tenants(shared: &Shared) -> Table {
             ten.dedicated.as_ref().map(|d| {
                 let u = &d.upstream;
                 format!("{}@{}:{}/{}", u.user, u.host, u.port, u.dbname)
+            }),
+            // The T5 check of its own upstream (a shared tenant's is its database's).
+            ten.dedicated.as_ref().and_then(|_| {
+                let db = cfg.database(&ten.database)?;
+                let key = crate::tenancy::posture::key(db, Some(&ten));
+                Some(
+                    shared
+                        .postures
+                        .get(&key)
+                        .map_or("not checked yet".into(), |p| p.summary()),
+                )
             }),
         ]);
     }

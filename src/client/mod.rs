@@ -371,8 +371,8 @@ async fn handshake(
         .and_then(|t| shared.tenants.load().get(&t.id).cloned());
     // The client's class in the pool's fair queue: its tenant, or the plain clients.
     let class = crate::pool::ClassKey::from(resolved.tenant.as_ref().map_or("", |t| t.id.as_str()));
-    if tenant.is_some() {
-        if let Some(e) = crate::tenancy::posture::refusal(shared, &db) {
+    if let Some(t) = &tenant {
+        if let Some(e) = crate::tenancy::posture::refusal(shared, &db, &t.tenant) {
             send_error(&mut stream, e).await;
             return None;
         }

@@ -69,7 +69,7 @@ impl Dedicated {
     }
 
     /// The settings of this tenant's pool: its database's, with its own upstream and size.
-    fn database(&self, db: &Database) -> Database {
+    pub fn database(&self, db: &Database) -> Database {
         let mut pool = db.pool.clone();
         if let Some(n) = self.pool_size {
             pool.size = n;

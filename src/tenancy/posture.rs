@@ -8,13 +8,17 @@
 //! succeeded once for the configuration; findings are logged as warnings, shown in
 //! `SHOW DATABASES` and on `/ready`, and with `role_check = "strict"` tenant clients of the
 //! database are refused until the check passes (unknown is the unsafe side).
+//!
+//! A tenant with its own upstream (`crate::tenancy::dedicated`) is checked the same way under
+//! the key `database/tenant`, with its database's `role_check`: its statements without context
+//! run as that upstream's login role (or the database's `baseline_role`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 
-use crate::config::{Database, RoleCheck};
+use crate::config::{Database, RoleCheck, Tenant};
 use crate::protocol::backend::PgError;
 use crate::proxy::Shared;
 use crate::server::params::quote_literal;
@@ -53,43 +57,72 @@ impl Postures {
     }
 }
 
-/// Databases whose posture matters: they have tenants, or a baseline role.
-fn checked_databases(shared: &Shared) -> Vec<(Arc<Database>, Vec<String>)> {
+/// The key of the posture that applies to a client of `db` in `tenant`.
+pub fn key(db: &Database, tenant: Option<&Tenant>) -> String {
+    match tenant {
+        Some(t) if t.dedicated.is_some() => format!("{}/{}", db.name, t.id),
+        _ => db.name.clone(),
+    }
+}
+
+/// What to check, by key: databases that have tenants or a baseline role, and tenants' own
+/// upstreams; each with the tenant roles whose privileges the role must not have.
+fn checked_databases(shared: &Shared) -> Vec<(String, Arc<Database>, Vec<String>)> {
     let cfg = shared.config();
-    let tenants = shared.tenants.load();
-    cfg.databases
+    let tenants = shared.tenants.load().sorted();
+    let mut out = Vec::new();
+    for d in cfg
+        .databases
         .iter()
         .filter(|d| d.role_check != RoleCheck::Off)
-        .filter_map(|d| {
-            let of_db: Vec<_> = tenants
-                .sorted()
-                .into_iter()
-                .filter(|t| t.database == d.name)
-                .collect();
-            if of_db.is_empty() && d.upstream.baseline_role.is_none() {
-                return None;
+    {
+        let of_db: Vec<_> = tenants.iter().filter(|t| t.database == d.name).collect();
+        let roles: Vec<String> = of_db.iter().filter_map(|t| t.role.clone()).collect();
+        if !of_db.is_empty() || d.upstream.baseline_role.is_some() {
+            out.push((d.name.clone(), d.clone(), roles.clone()));
+        }
+        for t in of_db {
+            if let Some(own) = &t.dedicated {
+                out.push((key(d, Some(t)), Arc::new(own.database(d)), roles.clone()));
             }
-            let roles = of_db.iter().filter_map(|t| t.role.clone()).collect();
-            Some((d.clone(), roles))
-        })
-        .collect()
+        }
+    }
+    out
+}
+
+/// Findings that are not safe, by key, sorted (for /ready).
+pub fn unsafe_findings(shared: &Shared) -> Vec<(String, String)> {
+    let mut v: Vec<_> = shared
+        .postures
+        .0
+        .iter()
+        .filter(|e| matches!(e.value(), Posture::Unsafe { .. }))
+        .map(|e| (e.key().clone(), e.value().summary()))
+        .collect();
+    v.sort();
+    v
 }
 
 /// Check every database once; returns whether all checks ran (none is still Unchecked).
 pub async fn check_all(shared: &Arc<Shared>) -> bool {
     let mut complete = true;
-    for (db, roles) in checked_databases(shared) {
+    let checked = checked_databases(shared);
+    shared
+        .postures
+        .0
+        .retain(|k, _| checked.iter().any(|(key, _, _)| key == k));
+    for (key, db, roles) in checked {
         let p = check(&db, &roles).await;
         complete &= !matches!(p, Posture::Unchecked(_));
         if let Posture::Unsafe { role, problems } = &p {
             tracing::warn!(
-                database = %db.name,
+                database = %key,
                 %role,
                 problems = %problems.join("; "),
                 "statements that miss their tenant context would run as a role that can read other tenants' rows; see docs/tenancy.md (recommended setup)"
             );
         }
-        shared.postures.0.insert(db.name.clone(), p);
+        shared.postures.0.insert(key, p);
     }
     complete
 }
@@ -112,12 +145,12 @@ pub fn spawn(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// With `role_check = "strict"`, why a tenant client of `db` is refused, if it is.
-pub fn refusal(shared: &Shared, db: &Database) -> Option<PgError> {
+/// With `role_check = "strict"`, why a client of `db` in `tenant` is refused, if it is.
+pub fn refusal(shared: &Shared, db: &Database, tenant: &Tenant) -> Option<PgError> {
     if db.role_check != RoleCheck::Strict {
         return None;
     }
-    let why = match shared.postures.get(&db.name) {
+    let why = match shared.postures.get(&key(db, Some(tenant))) {
         Some(Posture::Safe { .. }) => return None,
         Some(p) => p.summary(),
         None => "not checked yet".into(),
@@ -126,7 +159,7 @@ pub fn refusal(shared: &Shared, db: &Database) -> Option<PgError> {
         "28000",
         format!(
             "pgward: tenant clients of database \"{}\" are refused (role_check = \"strict\"): {why}",
-            db.name
+            key(db, Some(tenant))
         ),
     ))
 }
