@@ -30,6 +30,16 @@ pub struct ClientInfo {
     pub wait_since_us: AtomicU64,
     pub tls: bool,
     pub application_name: String,
+    /// pgward's end of the connection (`local_addr` of SHOW CLIENTS).
+    pub local: Option<std::net::SocketAddr>,
+    /// When its current or last transaction got a server connection (µs since the anchor of
+    /// `crate::pool::servers`); 0: never.
+    pub request_us: AtomicU64,
+    /// Its named prepared statements, as of its last transaction start.
+    pub prepared: std::sync::atomic::AtomicU32,
+    /// `KILL` / `KILL_CLIENT`: the session ends at its next wake-up (a stored permit wakes
+    /// an idle one).
+    pub kill: Notify,
 }
 
 pub struct Shared {
@@ -49,6 +59,8 @@ pub struct Shared {
     pub started: Instant,
     pub shutting_down: AtomicBool,
     pub shutdown: Notify,
+    /// Databases closed to new clients by `DISABLE` (until `ENABLE`).
+    pub disabled: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Key for mock SCRAM salts of unknown users (random per process).
     pub mock_key: [u8; 32],
     pub tls: ArcSwap<Option<crate::net::tls::ServerTls>>,
@@ -94,6 +106,7 @@ impl Shared {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
+            disabled: Default::default(),
             mock_key: rand::random(),
             tls: ArcSwap::from_pointee(tls),
             plain_verifiers: DashMap::new(),

@@ -1,8 +1,23 @@
-//! The admin console: dbname `pgward` on the main port, for `admin_users`, over the simple
-//! query protocol (psql, PgBouncer exporters). Column names follow PgBouncer's where the same
-//! column exists.
+//! The admin console: dbname `pgward` (or PgBouncer's `pgbouncer`, unless a database has that
+//! name) on the main port, for `admin_users`, over the simple query protocol (psql, PgBouncer
+//! exporters).
+//!
+//! Compatibility with PgBouncer's console is for tooling: every `SHOW` that PgBouncer has
+//! gives PgBouncer's columns in PgBouncer's order with PgBouncer's types (1.25's layout, a
+//! superset of 1.18's apart from `SHOW DATABASES`' `reserve_pool`, renamed by PgBouncer to
+//! `reserve_pool_size`), then pgward's own columns. A column pgward has no figure for holds
+//! what PgBouncer shows in that case (0, or NULL where PgBouncer has NULL); tests/admin_compat.rs
+//! compares the shapes with a running PgBouncer. CommandComplete of a SHOW is `SHOW`.
+//!
+//! Files: `show.rs` (tables about pools, databases, users, configuration), `sockets.rs`
+//! (`SHOW CLIENTS`/`SERVERS`), `stats.rs` (`SHOW STATS*`/`TOTALS`), `command.rs` (everything
+//! that is not a SHOW), `settings.rs` (`SHOW CONFIG` rows and `SET`).
 
+mod command;
+mod settings;
 mod show;
+mod sockets;
+mod stats;
 
 use std::sync::Arc;
 
@@ -13,30 +28,49 @@ use crate::protocol::backend::{self, PgError};
 use crate::protocol::frontend::query_text;
 use crate::proxy::Shared;
 
-/// A result set: column names and text rows.
+/// A result set: typed columns and text rows.
 pub struct Table {
-    pub columns: Vec<&'static str>,
+    pub columns: Vec<(&'static str, u32, i16)>,
     pub rows: Vec<Vec<Option<String>>>,
 }
 
 impl Table {
-    pub fn new(columns: &[&'static str]) -> Table {
+    /// Columns typed the way PgBouncer's console declares them, one letter each: `s` text,
+    /// `i` int4, `q` int8, `N` numeric.
+    pub fn new(types: &str, names: &[&'static str]) -> Table {
+        debug_assert_eq!(types.len(), names.len(), "{names:?}");
+        let columns = types
+            .bytes()
+            .zip(names)
+            .map(|(t, n)| match t {
+                b'i' => (*n, 23, 4),
+                b'q' => (*n, 20, 8),
+                b'N' => (*n, 1700, -1),
+                _ => (*n, 25, -1),
+            })
+            .collect();
         Table {
-            columns: columns.to_vec(),
+            columns,
             rows: Vec::new(),
         }
     }
     pub fn row(&mut self, values: Vec<Option<String>>) {
+        debug_assert_eq!(values.len(), self.columns.len());
         self.rows.push(values);
     }
-    fn encode(&self, tag: &str, out: &mut BytesMut) {
-        backend::row_description(out, &self.columns);
+    fn encode(&self, out: &mut BytesMut) {
+        backend::row_description_typed(out, &self.columns);
         for r in &self.rows {
             let vals: Vec<Option<&str>> = r.iter().map(|v| v.as_deref()).collect();
             backend::data_row(out, &vals);
         }
-        backend::command_complete(out, &format!("{tag} {}", self.rows.len()));
+        backend::command_complete(out, "SHOW");
     }
+}
+
+/// A cell from anything printable.
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
 }
 
 pub async fn run(mut stream: Stream, mut buf: BytesMut, shared: Arc<Shared>, user: String) {
@@ -69,7 +103,7 @@ pub async fn run(mut stream: Stream, mut buf: BytesMut, shared: Arc<Shared>, use
             b'Q' => {
                 let sql = query_text(&body).map(|s| String::from_utf8_lossy(s).into_owned());
                 match sql {
-                    Some(sql) => execute(&shared, &sql, &mut out).await,
+                    Some(sql) => command::execute(&shared, &sql, &mut out).await,
                     None => PgError::error("08P01", "invalid Query message").encode(&mut out),
                 }
                 backend::ready_for_query(&mut out, b'I');
@@ -107,86 +141,5 @@ pub async fn run(mut stream: Stream, mut buf: BytesMut, shared: Arc<Shared>, use
         {
             return;
         }
-    }
-}
-
-async fn execute(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) {
-    let words: Vec<String> = sql
-        .trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .map(|w| w.to_ascii_uppercase())
-        .collect();
-    let arg = sql
-        .trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .nth(1)
-        .map(|s| s.trim_matches('"').to_string());
-    let w: Vec<&str> = words.iter().map(|s| s.as_str()).collect();
-    let r: Result<(), PgError> = match w.as_slice() {
-        [] => {
-            out.extend_from_slice(b"I\0\0\0\x04");
-            Ok(())
-        }
-        ["SHOW", what] => match show::table(shared, what) {
-            Some(t) => {
-                t.encode("SHOW", out);
-                Ok(())
-            }
-            None => Err(PgError::error(
-                "42601",
-                format!("unknown SHOW command: {what}"),
-            )),
-        },
-        ["PAUSE"] | ["PAUSE", _] => pools_named(shared, arg.as_deref(), |p| p.pause()).map(|_| {
-            backend::command_complete(out, "PAUSE");
-        }),
-        ["RESUME"] | ["RESUME", _] => {
-            pools_named(shared, arg.as_deref(), |p| p.resume()).map(|_| {
-                backend::command_complete(out, "RESUME");
-            })
-        }
-        ["RELOAD"] => match crate::config::Config::load(&shared.config().path) {
-            Ok(c) => shared
-                .reload(c)
-                .map(|_| backend::command_complete(out, "RELOAD"))
-                .map_err(|e| PgError::error("F0000", e)),
-            Err(e) => Err(PgError::error("F0000", e.to_string())),
-        },
-        ["SHUTDOWN"] => {
-            shared.begin_shutdown();
-            backend::command_complete(out, "SHUTDOWN");
-            Ok(())
-        }
-        _ => Err(PgError::error(
-            "42601",
-            format!("unsupported admin command: {}", sql.trim()),
-        )),
-    };
-    if let Err(e) = r {
-        e.encode(out);
-    }
-}
-
-fn pools_named(
-    shared: &Shared,
-    name: Option<&str>,
-    f: impl Fn(&crate::pool::Pool),
-) -> Result<(), PgError> {
-    match name {
-        None => {
-            for p in shared.pools.iter() {
-                f(p.value());
-            }
-            Ok(())
-        }
-        Some(n) => match shared.pool(n) {
-            Some(p) => {
-                f(&p);
-                Ok(())
-            }
-            None => Err(PgError::error("3D000", format!("no such database: {n}"))),
-        },
     }
 }

@@ -1,43 +1,51 @@
-//! SHOW commands of the admin console.
+//! SHOW tables about pools, databases, users, tenants and the process (PgBouncer's layout,
+//! then pgward's columns; see the module doc of `admin`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use super::Table;
+use super::{s, settings, sockets, stats, Table};
 use crate::config::PoolMode;
 use crate::pool::Pool;
 use crate::proxy::Shared;
 
-fn s(v: impl ToString) -> Option<String> {
-    Some(v.to_string())
-}
-
-fn unix(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    format!("{}", d.as_secs())
+fn mode(m: PoolMode) -> &'static str {
+    match m {
+        PoolMode::Transaction => "transaction",
+        PoolMode::Session => "session",
+    }
 }
 
 pub fn table(shared: &Shared, what: &str) -> Option<Table> {
     Some(match what {
         "POOLS" => pools(shared),
-        "CLIENTS" => clients(shared),
-        "SERVERS" => servers(shared),
-        "STATS" => stats(shared),
+        "CLIENTS" => sockets::clients(shared),
+        "SERVERS" => sockets::servers(shared),
+        "STATS" => stats::stats(shared),
+        "STATS_TOTALS" => stats::totals(shared),
+        "STATS_AVERAGES" => stats::averages(shared),
+        "TOTALS" => stats::grand_totals(shared),
         "TENANTS" => tenants(shared),
-        "CONFIG" => config(shared),
+        "CONFIG" => settings::show(shared),
         "DATABASES" => databases(shared),
+        "USERS" => users(shared),
+        "LISTS" => lists(shared),
+        "MEM" => mem(shared),
+        "STATE" => state(shared),
         "QUERIES" => {
-            let mut t = Table::new(&[
-                "tenant", "query", "calls", "total_ms", "mean_ms", "p50_ms", "p99_ms",
-            ]);
+            let mut t = Table::new(
+                "ssqNNNN",
+                &[
+                    "tenant", "query", "calls", "total_ms", "mean_ms", "p50_ms", "p99_ms",
+                ],
+            );
             for r in crate::querystats::global().top(20) {
                 t.row(r.into_iter().map(Some).collect());
             }
             t
         }
         "VERSION" => {
-            let mut t = Table::new(&["version"]);
+            let mut t = Table::new("s", &["version"]);
             t.row(vec![s(crate::VERSION_STRING)]);
             t
         }
@@ -76,25 +84,29 @@ fn clients_by_state(shared: &Shared, p: &Pool, all: &[Arc<Pool>]) -> ([usize; 3]
 }
 
 fn pools(shared: &Shared) -> Table {
-    let mut t = Table::new(&[
-        "database",
-        "user",
-        "cl_active",
-        "cl_waiting",
-        "cl_active_cancel_req",
-        "cl_waiting_cancel_req",
-        "sv_active",
-        "sv_active_cancel",
-        "sv_being_canceled",
-        "sv_idle",
-        "sv_used",
-        "sv_tested",
-        "sv_login",
-        "maxwait",
-        "maxwait_us",
-        "pool_mode",
-        "tenant",
-    ]);
+    let mut t = Table::new(
+        "ssiiiiiiiiiiiiisss",
+        &[
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
+            "sv_active",
+            "sv_active_cancel",
+            "sv_being_canceled",
+            "sv_idle",
+            "sv_used",
+            "sv_tested",
+            "sv_login",
+            "maxwait",
+            "maxwait_us",
+            "pool_mode",
+            "load_balance_hosts",
+            "tenant",
+        ],
+    );
     let all: Vec<Arc<Pool>> = shared.pools.iter().map(|p| p.clone()).collect();
     for p in &all {
         let st = &p.stats;
@@ -102,6 +114,7 @@ fn pools(shared: &Shared) -> Table {
         t.row(vec![
             s(p.name()),
             s(&p.db.upstream.user),
+            // PgBouncer counts a logged-in client that is not waiting as active.
             s(active + idle),
             s(waiting),
             s(0),
@@ -115,148 +128,36 @@ fn pools(shared: &Shared) -> Table {
             s(st.connecting.load(Ordering::Relaxed)),
             s(maxwait / 1_000_000),
             s(maxwait % 1_000_000),
-            s(match p.mode() {
-                PoolMode::Transaction => "transaction",
-                PoolMode::Session => "session",
-            }),
+            s(mode(p.mode())),
+            None,
             p.dedicated_tenant.as_deref().map(str::to_string),
         ]);
     }
     t
 }
 
-fn clients(shared: &Shared) -> Table {
-    let mut t = Table::new(&[
-        "type",
-        "user",
-        "database",
-        "tenant",
-        "state",
-        "addr",
-        "port",
-        "connect_time",
-        "tls",
-        "application_name",
-        "id",
-    ]);
-    for c in shared.clients.iter() {
-        let (addr, port) = c.addr.rsplit_once(':').unwrap_or((&c.addr, ""));
-        t.row(vec![
-            s("C"),
-            s(&c.user),
-            s(&c.database),
-            c.tenant.clone(),
-            s(match c.state.load(Ordering::Relaxed) {
-                1 => "active",
-                2 => "waiting",
-                _ => "idle",
-            }),
-            s(addr),
-            s(port),
-            s(unix(c.connected_at)),
-            s(if c.tls { "yes" } else { "no" }),
-            s(&c.application_name),
-            s(c.id),
-        ]);
-    }
-    t
-}
-
-fn servers(shared: &Shared) -> Table {
-    let mut t = Table::new(&[
-        "type",
-        "user",
-        "database",
-        "state",
-        "addr",
-        "port",
-        "remote_pid",
-        "id",
-        "age_seconds",
-        "idle_seconds",
-    ]);
-    for p in shared.pools.iter() {
-        for (id, pid, created, used) in p.idle_snapshot() {
-            t.row(vec![
-                s("S"),
-                s(&p.db.upstream.user),
-                s(p.name()),
-                s("idle"),
-                s(&p.db.upstream.host),
-                s(p.db.upstream.port),
-                s(pid),
-                s(id),
-                s(created.elapsed().as_secs()),
-                s(used.elapsed().as_secs()),
-            ]);
-        }
-        let active = p.stats.active.load(Ordering::Relaxed);
-        for _ in 0..active {
-            t.row(vec![
-                s("S"),
-                s(&p.db.upstream.user),
-                s(p.name()),
-                s("active"),
-                s(&p.db.upstream.host),
-                s(p.db.upstream.port),
-                None,
-                None,
-                None,
-                None,
-            ]);
-        }
-    }
-    t
-}
-
-fn stats(shared: &Shared) -> Table {
-    let mut t = Table::new(&[
-        "database",
-        "total_xact_count",
-        "total_query_count",
-        "total_received",
-        "total_sent",
-        "total_xact_time",
-        "total_query_time",
-        "total_wait_time",
-        "total_server_assignment_count",
-    ]);
-    for p in shared.pools.iter() {
-        let st = &p.stats;
-        t.row(vec![
-            s(p.name()),
-            s(st.xact_count.load(Ordering::Relaxed)),
-            s(st.query_count.load(Ordering::Relaxed)),
-            s(st.bytes_received.load(Ordering::Relaxed)),
-            s(st.bytes_sent.load(Ordering::Relaxed)),
-            s(st.xact_time_us.load(Ordering::Relaxed)),
-            s(st.query_time_us.load(Ordering::Relaxed)),
-            s(st.wait_us_total.load(Ordering::Relaxed)),
-            s(st.checkouts_total.load(Ordering::Relaxed)),
-        ]);
-    }
-    t
-}
-
 fn tenants(shared: &Shared) -> Table {
-    let mut t = Table::new(&[
-        "tenant",
-        "database",
-        "search_path",
-        "role",
-        "settings",
-        "users",
-        "clients",
-        "waiting",
-        "server_connections",
-        "weight",
-        "max_server_connections",
-        "max_client_connections",
-        "queue_timeout",
-        "reserved_server_connections",
-        "upstream",
-        "role_check",
-    ]);
+    let mut t = Table::new(
+        "ssssssiiiissssss",
+        &[
+            "tenant",
+            "database",
+            "search_path",
+            "role",
+            "settings",
+            "users",
+            "clients",
+            "waiting",
+            "server_connections",
+            "weight",
+            "max_server_connections",
+            "max_client_connections",
+            "queue_timeout",
+            "reserved_server_connections",
+            "upstream",
+            "role_check",
+        ],
+    );
     let cfg = shared.config();
     for ten in shared.tenants.load().sorted() {
         let id = &ten.id;
@@ -330,21 +231,46 @@ fn tenants(shared: &Shared) -> Table {
 
 fn databases(shared: &Shared) -> Table {
     let cfg = shared.config();
-    let mut t = Table::new(&[
-        "name",
-        "host",
-        "port",
-        "database",
-        "force_user",
-        "pool_size",
-        "min_pool_size",
-        "pool_mode",
-        "paused",
-        "current_connections",
-        "role_check",
-    ]);
+    let mut t = Table::new(
+        "ssissiiiissiiiiiis",
+        &[
+            "name",
+            "host",
+            "port",
+            "database",
+            "force_user",
+            "pool_size",
+            "min_pool_size",
+            "reserve_pool_size",
+            "server_lifetime",
+            "pool_mode",
+            "load_balance_hosts",
+            "max_connections",
+            "current_connections",
+            "max_client_connections",
+            "current_client_connections",
+            "paused",
+            "disabled",
+            "role_check",
+        ],
+    );
+    let disabled = shared
+        .disabled
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     for d in &cfg.databases {
-        let pool = shared.pool(&d.name);
+        let pools: Vec<Arc<Pool>> = shared
+            .pools
+            .iter()
+            .filter(|p| p.name() == d.name)
+            .map(|p| p.clone())
+            .collect();
+        let clients = shared
+            .clients
+            .iter()
+            .filter(|c| c.database == d.name)
+            .count();
         let posture = shared.postures.get(&d.name).map(|p| p.summary());
         t.row(vec![
             s(&d.name),
@@ -354,54 +280,122 @@ fn databases(shared: &Shared) -> Table {
             s(&d.upstream.user),
             s(d.pool.size),
             s(d.pool.min_size),
-            s(match d.pool.mode {
-                PoolMode::Transaction => "transaction",
-                PoolMode::Session => "session",
-            }),
-            s(pool.as_ref().is_some_and(|p| p.is_paused()) as i32),
-            s(pool.map(|p| p.size_now()).unwrap_or(0)),
+            // pgward has no connections beyond pool_size (tenants' reserves are within it).
+            s(0),
+            s(d.pool.server_lifetime.as_secs()),
+            s(mode(d.pool.mode)),
+            None,
+            // Most server connections of the database's own pool (PgBouncer: 0 = no limit).
+            s(d.pool.size),
+            s(pools.iter().map(|p| p.size_now()).sum::<usize>()),
+            s(0),
+            s(clients),
+            s(shared.pool(&d.name).is_some_and(|p| p.is_paused()) as i32),
+            s(disabled.contains(&d.name) as i32),
             posture,
         ]);
     }
     t
 }
 
-fn config(shared: &Shared) -> Table {
+fn users(shared: &Shared) -> Table {
     let cfg = shared.config();
-    let mut t = Table::new(&["key", "value", "changeable"]);
-    let text = crate::config::render_effective(&cfg);
-    let value: toml::Value =
-        toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
-    let mut flat = Vec::new();
-    flatten("", &value, &mut flat);
-    for (k, v) in flat {
-        let restart = matches!(
-            k.as_str(),
-            "listen" | "http_listen" | "workers" | "log_format"
-        ) || k.starts_with("metrics.");
-        t.row(vec![s(&k), s(v), s(if restart { "no" } else { "yes" })]);
+    let mut t = Table::new(
+        "ssssiiii",
+        &[
+            "name",
+            "pool_size",
+            "reserve_pool_size",
+            "pool_mode",
+            "max_user_connections",
+            "current_connections",
+            "max_user_client_connections",
+            "current_client_connections",
+        ],
+    );
+    let mut names: Vec<&String> = cfg.users.keys().collect();
+    names.sort();
+    for name in names {
+        // Server connections that log in as this user (pgward pools per database).
+        let servers: usize = shared
+            .pools
+            .iter()
+            .filter(|p| &p.db.upstream.user == name)
+            .map(|p| p.size_now())
+            .sum();
+        let clients = shared.clients.iter().filter(|c| &c.user == name).count();
+        t.row(vec![
+            s(name),
+            s(""),
+            s(""),
+            None,
+            s(0),
+            s(servers),
+            s(0),
+            s(clients),
+        ]);
     }
     t
 }
 
-fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
-        }
-        toml::Value::Array(a) if a.iter().all(|x| x.is_table()) && !a.is_empty() => {
-            for (i, x) in a.iter().enumerate() {
-                flatten(&format!("{prefix}[{i}]"), x, out);
-            }
-        }
-        toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
-        other => out.push((prefix.to_string(), other.to_string())),
+fn lists(shared: &Shared) -> Table {
+    let cfg = shared.config();
+    let mut t = Table::new("si", &["list", "items"]);
+    let servers: usize = shared.pools.iter().map(|p| p.size_now()).sum();
+    for (name, n) in [
+        ("databases", cfg.databases.len()),
+        ("users", cfg.users.len()),
+        ("peers", 0),
+        ("pools", shared.pools.len()),
+        ("peer_pools", 0),
+        ("free_clients", 0),
+        ("used_clients", shared.clients.len()),
+        (
+            "login_clients",
+            shared.pending_logins.load(Ordering::Relaxed),
+        ),
+        ("free_servers", 0),
+        ("used_servers", servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        t.row(vec![s(name), s(n)]);
     }
+    t
+}
+
+/// pgward allocates per object, not from slabs: one row per kind of long-lived object, with
+/// its size, how many exist and their total.
+fn mem(shared: &Shared) -> Table {
+    let mut t = Table::new("siiii", &["name", "size", "used", "free", "memtotal"]);
+    let servers: usize = shared.pools.iter().map(|p| p.size_now()).sum();
+    for (name, size, used) in [
+        (
+            "client_info",
+            std::mem::size_of::<crate::proxy::ClientInfo>(),
+            shared.clients.len(),
+        ),
+        (
+            "server_conn",
+            std::mem::size_of::<crate::server::ServerConn>(),
+            servers,
+        ),
+        ("pool", std::mem::size_of::<Pool>(), shared.pools.len()),
+    ] {
+        t.row(vec![s(name), s(size), s(used), s(0), s(size * used)]);
+    }
+    t
+}
+
+/// PgBouncer's process state: paused when every pool is (`PAUSE` without a database).
+fn state(shared: &Shared) -> Table {
+    let mut t = Table::new("ss", &["key", "value"]);
+    let paused = !shared.pools.is_empty() && shared.pools.iter().all(|p| p.is_paused());
+    let yes = |b: bool| s(if b { "yes" } else { "no" });
+    t.row(vec![s("active"), yes(!paused)]);
+    t.row(vec![s("paused"), yes(paused)]);
+    t.row(vec![s("suspended"), yes(false)]);
+    t
 }

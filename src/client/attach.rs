@@ -100,7 +100,15 @@ impl Session {
             }
         })?;
         self.labels.checkout_wait.record(co.waited.as_secs_f64());
+        self.info.request_us.store(
+            crate::pool::servers::since_anchor_us(co.since),
+            Ordering::Relaxed,
+        );
+        self.info
+            .prepared
+            .store(self.statements.held() as u32, Ordering::Relaxed);
         let conn = co.conn();
+        conn.info.link.store(self.info.id, Ordering::Relaxed);
         self.cancel
             .attach(self.pool.db.clone(), conn.pid, conn.secret);
         self.txn.checked_out();

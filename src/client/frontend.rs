@@ -14,6 +14,7 @@
 //!
 //! Every forwarded request gets a unit in `pending`, so responses can be routed.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -340,6 +341,7 @@ impl Session {
             return Ok(step);
         }
         self.stmt_started.get_or_insert_with(Instant::now);
+        self.pool.stats.client_parse_count.fetch_add(1, Relaxed);
         let poisoned;
         let effects = match replacement {
             Some(_) => Flags::default(),
@@ -375,6 +377,7 @@ impl Session {
         if !p.name.is_empty() {
             self.statements.note_session(p.name, effects);
         }
+        self.pool.stats.server_parse_count.fetch_add(1, Relaxed);
         if replacement.is_none() {
             self.forward(frame, Kind::Parse, Msg::Extended);
         } else {
@@ -407,6 +410,7 @@ impl Session {
             return Ok(step);
         }
         self.stmt_started.get_or_insert_with(Instant::now);
+        self.pool.stats.bind_count.fetch_add(1, Relaxed);
         if self.refuse_foreign_unnamed(stmt) {
             return Ok(Step::Next);
         }

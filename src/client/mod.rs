@@ -361,6 +361,19 @@ async fn handshake(
         .await;
         return None;
     };
+    if shared
+        .disabled
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&db.name)
+    {
+        let e = format!(
+            "database \"{}\" is not currently accepting connections (pgward: DISABLE)",
+            db.name
+        );
+        send_error(&mut stream, PgError::fatal("55000", e)).await;
+        return None;
+    }
     if db.tenant_required && resolved.tenant.is_none() {
         send_error(&mut stream, PgError::fatal("28000", format!("pgward: database \"{}\" requires a tenant (dbname = tenant id, user.tenant, or options=-cpgward.tenant=…)", db.name))).await;
         return None;
@@ -461,6 +474,10 @@ async fn handshake(
         wait_since_us: Default::default(),
         tls: stream.is_tls(),
         application_name: msg.get("application_name").unwrap_or("").to_string(),
+        local: stream.local_addr(),
+        request_us: Default::default(),
+        prepared: Default::default(),
+        kill: Default::default(),
     });
     shared.clients.insert(info.id, info.clone());
     tracing::debug!(%addr, user = %user.name, database = %db.name, tenant = ?info.tenant, "client connected");

@@ -117,6 +117,10 @@ impl Session {
             self.pending.push(Kind::Close, Action::Swallow, seq);
         }
         crate::metrics::prepared(false);
+        self.pool
+            .stats
+            .server_parse_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         fe::put_parse(&mut self.sout, &def.name, &def.definition);
         let seq = self.txn.sent(Msg::Extended);
         self.pending.push_unit(Unit {

@@ -211,18 +211,35 @@ impl Session {
                     "terminating connection due to administrator command (pgward shutting down)",
                 ));
             }
-            let ev = match self.deadline() {
-                None => poll_fn(|cx| self.poll_io(cx)).await,
-                Some(at) => {
-                    let io = poll_fn(|cx| self.poll_io(cx));
-                    match tokio::time::timeout_at(at.into(), io).await {
-                        Ok(ev) => ev,
-                        Err(_) => match self.expired() {
-                            Some(end) => return end,
-                            None => continue,
-                        },
+            let deadline = self.deadline();
+            let info = self.info.clone();
+            let io = async {
+                match deadline {
+                    None => Some(poll_fn(|cx| self.poll_io(cx)).await),
+                    Some(at) => {
+                        let io = poll_fn(|cx| self.poll_io(cx));
+                        tokio::time::timeout_at(at.into(), io).await.ok()
                     }
                 }
+            };
+            // `KILL` / `KILL_CLIENT` first: a busy client is not spared by always having data.
+            let ev = tokio::select! {
+                biased;
+                _ = info.kill.notified() => None,
+                ev = io => Some(ev),
+            };
+            let ev = match ev {
+                None => {
+                    return End::Fatal(PgError::fatal(
+                        "57P01",
+                        "terminating connection due to administrator command (pgward KILL)",
+                    ))
+                }
+                Some(Some(ev)) => ev,
+                Some(None) => match self.expired() {
+                    Some(end) => return end,
+                    None => continue,
+                },
             };
             if matches!(ev, Event::ClientData) {
                 self.timers.idle = None;

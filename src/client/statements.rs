@@ -23,6 +23,10 @@ pub struct ClientStatements {
 pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
 
 impl ClientStatements {
+    /// Named statements the client holds (either mode).
+    pub fn held(&self) -> usize {
+        self.map.len() + self.session.len()
+    }
     #[inline]
     pub fn get(&self, name: &[u8]) -> Option<&Arc<StatementDef>> {
         self.map.get(name).map(|e| &e.0)

@@ -70,6 +70,8 @@ pub struct PoolSettings {
     pub ready_probe_timeout: Duration,
     /// Serve waiters by fair sharing between tenants (else first come first served).
     pub fair_sharing: bool,
+    /// Window of `SHOW STATS_AVERAGES` (top-level `stats_period`).
+    pub stats_period: Duration,
     pub tcp: TcpSettings,
 }
 
@@ -259,6 +261,37 @@ impl Config {
         })?;
         let mut config = raw::validate(raw, path)?;
         config.origins = origins;
+        Ok(config)
+    }
+
+    /// This configuration with one value changed (`SET` of the admin console): `key` is a
+    /// dotted path (`pool.size`, `client_login_timeout`); validated like a file.
+    pub fn with_value(&self, key: &str, value: toml::Value) -> Result<Config, ConfigError> {
+        let fail = |message: String| ConfigError {
+            file: self.path.display().to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let mut doc = toml::Value::try_from(&self.raw).map_err(|e| fail(e.to_string()))?;
+        let mut at = &mut doc;
+        let mut parts = key.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let table = at
+                .as_table_mut()
+                .ok_or_else(|| fail("not a table".into()))?;
+            if parts.peek().is_none() {
+                table.insert(part.to_string(), value);
+                break;
+            }
+            at = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+        let raw: RawConfig = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| fail(e.message().to_string()))?;
+        let mut config = raw::validate(raw, &self.path)?;
+        config.origins = self.origins.clone();
         Ok(config)
     }
 

@@ -36,6 +36,9 @@ pub struct RawConfig {
     /// `max_client_connections` until their startup packet arrived.
     #[serde(default = "default_max_logins")]
     pub max_pending_logins: usize,
+    /// Window of the admin console's averages (`SHOW STATS_AVERAGES`; PgBouncer's name).
+    #[serde(default = "default_stats_period")]
+    pub stats_period: String,
 
     #[serde(default)]
     pub pool: RawPool,
@@ -348,6 +351,9 @@ fn default_listen_backlog() -> u32 {
 fn default_login_timeout() -> String {
     "15s".into()
 }
+fn default_stats_period() -> String {
+    "60s".into()
+}
 fn default_max_logins() -> usize {
     1000
 }
@@ -436,6 +442,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
             d => d,
         },
         fair_sharing: p.fair_sharing,
+        stats_period: match dur("stats_period", &raw.stats_period)? {
+            d if d.is_zero() => {
+                return Err(err("stats_period".into(), "must be more than 0".into()))
+            }
+            d => d,
+        },
         tcp: TcpSettings {
             keepidle: dur("pool.tcp_keepidle", &p.tcp_keepidle)?,
             keepintvl: dur("pool.tcp_keepintvl", &p.tcp_keepintvl)?,

@@ -20,6 +20,15 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Tcp(_))
     }
+    /// Our end of the connection.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(t) => t.local_addr(),
+            Stream::ServerTls(t) => t.get_ref().0.local_addr(),
+            Stream::ClientTls(t) => t.get_ref().0.local_addr(),
+        }
+        .ok()
+    }
     /// True if the peer closed or sent something while we expected silence (an idle server
     /// connection that is no longer usable). Never blocks.
     pub fn is_broken_while_idle(&mut self) -> bool {

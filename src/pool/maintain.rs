@@ -2,6 +2,7 @@
 //! or `server_lifetime` (keeping `min_size`), drop dead ones, open connections up to
 //! `min_size`, and prove the upstream alive for `/ready`: a completed transaction proves it;
 //! when nothing did for `PROBE_AFTER`, a `SELECT 1` probe with `ready_probe_timeout` does.
+//! It also closes the `SHOW STATS_AVERAGES` window when `stats_period` has passed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub fn spawn(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {
             if pool.closed.load(Ordering::Acquire) {
                 return;
             }
+            pool.roll_averages(Instant::now());
             run_once(&pool).await;
         }
     })

@@ -11,8 +11,10 @@
 //! - An idle connection is checked for liveness and age before it is handed out.
 //! - No lock is held across an `.await`; the idle list uses a short `std::sync::Mutex`.
 
+pub mod averages;
 pub mod fair;
 pub mod maintain;
+pub mod servers;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -82,6 +84,12 @@ pub struct Pool {
     resumed: Notify,
     closed: AtomicBool,
     next_id: AtomicU64,
+    /// Bumped by `RECONNECT`: connections opened before are closed when next returned.
+    generation: AtomicU64,
+    /// Every live server connection of the pool (`SHOW SERVERS`).
+    pub servers: servers::Registry,
+    /// `SHOW STATS_AVERAGES` window.
+    pub averages: Mutex<averages::Window>,
 }
 
 pub struct Checkout {
@@ -131,6 +139,9 @@ impl Pool {
             resumed: Notify::new(),
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
+            servers: Default::default(),
+            averages: Mutex::new(averages::Window::new(Instant::now())),
         })
     }
 
@@ -230,6 +241,7 @@ impl Pool {
                 c
             }
         };
+        conn.info.checked_out(now, conn.statements.len());
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stats.checkouts_total.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {
@@ -287,9 +299,7 @@ impl Pool {
                 idle.pop()?
             };
             self.stats.idle.fetch_sub(1, Ordering::Relaxed);
-            if c.stream.is_broken_while_idle()
-                || now.saturating_duration_since(c.created) > self.db.pool.server_lifetime
-            {
+            if c.stream.is_broken_while_idle() || !self.reusable(&c, now) {
                 self.stats.closed_total.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -325,6 +335,10 @@ impl Pool {
         self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
         match r {
             Ok(c) => {
+                c.info
+                    .generation
+                    .store(self.generation.load(Ordering::Relaxed), Ordering::Relaxed);
+                self.servers.add(&c.info);
                 crate::metrics::server_connect(self.name(), start.elapsed());
                 self.stats.opened_total.fetch_add(1, Ordering::Relaxed);
                 self.mark_ok();
@@ -435,9 +449,7 @@ impl Pool {
     }
 
     pub(crate) fn put_idle(&self, mut conn: ServerConn, now: Instant) {
-        if self.closed.load(Ordering::Acquire)
-            || now.saturating_duration_since(conn.created) > self.db.pool.server_lifetime
-        {
+        if self.closed.load(Ordering::Acquire) || !self.reusable(&conn, now) {
             self.stats.closed_total.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -471,6 +483,48 @@ impl Pool {
             .fetch_add(drained.len() as u64, Ordering::Relaxed);
     }
 
+    /// Neither past `server_lifetime` nor opened before the last `RECONNECT`.
+    fn reusable(&self, c: &ServerConn, now: Instant) -> bool {
+        now.saturating_duration_since(c.created) <= self.db.pool.server_lifetime
+            && c.info.generation.load(Ordering::Relaxed) >= self.generation.load(Ordering::Relaxed)
+    }
+
+    /// `RECONNECT`: close the idle connections now and the others when they are returned.
+    pub fn reconnect(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        let drained: Vec<ServerConn> =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        self.stats.idle.fetch_sub(drained.len(), Ordering::Relaxed);
+        self.stats
+            .closed_total
+            .fetch_add(drained.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Server connections that are to close (`WAIT_CLOSE`): opened before the last
+    /// `RECONNECT`, or all of them once the pool is closed.
+    pub fn closing(&self) -> usize {
+        self.servers
+            .live()
+            .iter()
+            .filter(|i| self.marked_for_close(i))
+            .count()
+    }
+
+    /// To be closed when next returned (or now, if idle).
+    pub fn marked_for_close(&self, i: &servers::ServerInfo) -> bool {
+        self.is_closed()
+            || i.generation.load(Ordering::Relaxed) < self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Close the `SHOW STATS_AVERAGES` window if `stats_period` has passed.
+    pub fn roll_averages(&self, now: Instant) {
+        let current = averages::Totals::of(&self.stats);
+        self.averages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .roll(now, current, self.db.pool.stats_period);
+    }
+
     /// Server connections in existence (idle + in use + opening).
     pub fn size_now(&self) -> usize {
         self.stats.idle.load(Ordering::Relaxed)
@@ -492,13 +546,13 @@ impl Pool {
         })
     }
 
-    /// Snapshot of idle connections for SHOW SERVERS: (id, pid, created, last_used).
-    pub fn idle_snapshot(&self) -> Vec<(u64, i32, Instant, Instant)> {
+    /// Snapshot of idle connections for SHOW SERVERS: (id, last used, prepared statements).
+    pub fn idle_snapshot(&self) -> Vec<(u64, Instant, usize)> {
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|c| (c.id, c.pid, c.created, c.last_used))
+            .map(|c| (c.id, c.last_used, c.statements.len()))
             .collect()
     }
 

@@ -66,6 +66,11 @@ pub struct PoolStats {
     pub bytes_sent: Counter,
     pub xact_time_us: Counter,
     pub query_time_us: Counter,
+    /// Parse messages from clients, Parse messages pgward sent to servers (clients' and
+    /// re-preparations; not the tenant context's), Bind messages from clients.
+    pub client_parse_count: Counter,
+    pub server_parse_count: Counter,
+    pub bind_count: Counter,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use bytes::BytesMut;
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::response::{
-    CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus,
+    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
@@ -59,7 +59,22 @@ impl PgError {
         self.hint = Some(hint.into());
         self
     }
+    /// A NOTICE (SQLSTATE 00000).
+    pub fn notice(message: impl Into<String>) -> Self {
+        PgError {
+            severity: "NOTICE",
+            ..Self::error("00000", message)
+        }
+    }
     pub fn encode(&self, out: &mut BytesMut) {
+        match self.severity {
+            "NOTICE" | "WARNING" | "INFO" | "LOG" | "DEBUG" => {
+                encode(out, &NoticeResponse::new(self.fields()))
+            }
+            _ => encode(out, &ErrorResponse::new(self.fields())),
+        }
+    }
+    fn fields(&self) -> Vec<(u8, String)> {
         let mut fields = vec![
             (b'S', self.severity.to_string()),
             (b'V', self.severity.to_string()),
@@ -72,7 +87,7 @@ impl PgError {
         if let Some(h) = &self.hint {
             fields.push((b'H', h.clone()));
         }
-        encode(out, &ErrorResponse::new(fields));
+        fields
     }
 }
 
@@ -133,6 +148,15 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
 }
 
 /// RowDescription for an all-text result (admin console).
+/// RowDescription of text-format columns with their type (`oid`, `typlen`).
+pub fn row_description_typed(out: &mut BytesMut, columns: &[(&str, u32, i16)]) {
+    let fields = columns
+        .iter()
+        .map(|(c, oid, len)| FieldDescription::new(c.to_string(), 0, 0, *oid, *len, -1, 0))
+        .collect();
+    encode(out, &RowDescription::new(fields));
+}
+
 pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
     const TEXT_OID: u32 = 25;
     let fields = columns

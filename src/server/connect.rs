@@ -68,6 +68,7 @@ pub async fn connect(
     let tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
     tcp.set_nodelay(true)?;
     tune(&tcp, tcp_opts)?;
+    let local = tcp.local_addr().ok();
     let mut stream = crate::net::tls::connect_upstream(tcp, up).await?;
     let options = up.startup_options();
     let mut params = vec![("user", up.user.as_str()), ("database", up.dbname.as_str())];
@@ -211,6 +212,7 @@ pub async fn connect(
     let now = Instant::now();
     Ok(ServerConn {
         id,
+        info: crate::pool::servers::ServerInfo::new(id, pid, local, stream.is_tls()),
         stream,
         rbuf: buf,
         pid,

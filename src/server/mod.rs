@@ -108,6 +108,8 @@ impl CtxStatements {
 
 pub struct ServerConn {
     pub id: u64,
+    /// What `SHOW SERVERS` shows of it, wherever it is.
+    pub info: std::sync::Arc<crate::pool::servers::ServerInfo>,
     pub stream: Stream,
     /// Bytes read from the server and not yet processed. Kept with the connection.
     pub rbuf: BytesMut,

@@ -21,6 +21,9 @@ pub struct Resolved {
 }
 
 pub const ADMIN_DB: &str = "pgward";
+/// PgBouncer's name for its admin console, accepted too (exporters and scripts connect to
+/// it) unless a database or tenant has that name.
+pub const ADMIN_ALIAS: &str = "pgbouncer";
 
 pub fn resolve(
     cfg: &Config,
@@ -67,7 +70,9 @@ pub fn resolve(
         ));
     }
 
-    if raw_db == ADMIN_DB {
+    let alias =
+        raw_db == ADMIN_ALIAS && cfg.database(raw_db).is_none() && tenants.tenant(raw_db).is_none();
+    if raw_db == ADMIN_DB || alias {
         return Ok(Resolved {
             user: raw_user.to_string(),
             database: ADMIN_DB.into(),

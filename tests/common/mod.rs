@@ -3,6 +3,7 @@
 //! psql, pgbench).
 #![allow(dead_code)]
 
+pub mod pgbouncer;
 pub mod wire;
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! A raw PostgreSQL protocol client for protocol-sequence tests: it writes exactly the frontend
 //! messages it is given and reads backend messages one by one, each read bounded in time.
-//! Connects over TCP (cleartext or md5 password, as pgward's md5 users) or over PostgreSQL's
+//! Connects over TCP (cleartext, md5 or SCRAM-SHA-256 password) or over PostgreSQL's
 //! unix socket (trust, as the test server's local connections).
 
 use std::path::Path;
@@ -95,6 +95,7 @@ impl Wire {
         }
         body.put_u8(0);
         let mut reported = Vec::new();
+        let mut scram: Option<postgres_protocol::authentication::sasl::ScramSha256> = None;
         let mut out = BytesMut::new();
         out.put_i32(body.len() as i32 + 4);
         out.extend_from_slice(&body);
@@ -117,6 +118,32 @@ impl Wire {
                             let mut m = BytesMut::new();
                             put_cstr(&mut m, format!("md5{}", md5_hex(&salted)).as_bytes());
                             w.send(&frame(b'p', &m)).await?;
+                        }
+                        // SCRAM-SHA-256 (no channel binding).
+                        10 => {
+                            use postgres_protocol::authentication::sasl::{
+                                ChannelBinding, ScramSha256,
+                            };
+                            let s = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            let mut m = BytesMut::new();
+                            put_cstr(&mut m, b"SCRAM-SHA-256");
+                            m.put_i32(s.message().len() as i32);
+                            m.extend_from_slice(s.message());
+                            w.send(&frame(b'p', &m)).await?;
+                            scram = Some(s);
+                        }
+                        11 | 12 => {
+                            let s = scram.as_mut().ok_or("SASL continue before start")?;
+                            match code {
+                                11 => {
+                                    s.update(&body[4..]).map_err(|e| e.to_string())?;
+                                    w.send(&frame(b'p', s.message())).await?;
+                                }
+                                _ => s.finish(&body[4..]).map_err(|e| e.to_string())?,
+                            }
                         }
                         other => return Err(format!("unsupported authentication request {other}")),
                     }
