@@ -387,6 +387,9 @@ async fn round_trip_pgbouncer_then_pgward_same_clients() {
         via_bouncer.push(session(u).await);
     }
     drop(bouncer_proc);
+    assert_eq!(via_bouncer[0][0], "acme-one,acme-two", "{via_bouncer:?}");
+    assert_eq!(via_bouncer[0][1], "pgward", "forced user: {via_bouncer:?}");
+    assert_eq!(via_bouncer[0], via_bouncer[1], "md5_user sees the same");
     wait_port_free(port);
 
     let toml_path = dir.join("pgward.toml");

@@ -331,7 +331,9 @@ pub fn parse_time(v: &str, unit: f64) -> Option<Duration> {
         _ => return None,
     };
     let secs = n * scale;
-    (secs.is_finite() && secs >= 0.0 && secs < 1e12).then(|| Duration::from_secs_f64(secs))
+    (0.0..1e12)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 fn listen(s: &Settings, doc: &mut Document, log: &mut Log) {
