@@ -74,6 +74,7 @@ fn debian_packaged_ini_imports_and_checks() {
             live.display()
         );
     }
+    let packaged = std::fs::read(fixture("debian-pgbouncer.ini")).unwrap();
     for (ini, userlist) in inputs {
         let mut args = vec!["import-pgbouncer", ini.to_str().unwrap()];
         if let Some(u) = &userlist {
@@ -81,6 +82,18 @@ fn debian_packaged_ini_imports_and_checks() {
         }
         let out = pgward(&args);
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        if std::fs::read(&ini).ok().as_ref() != Some(&packaged) {
+            // A live file someone edited: only no crash, and a written result that checks.
+            eprintln!(
+                "{} differs from the packaged file: checked leniently",
+                ini.display()
+            );
+            assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
+            if out.status.success() {
+                check_config(&dir, &stdout);
+            }
+            continue;
+        }
         assert!(
             out.status.success(),
             "{}: exit {:?}\n{stderr}",
