@@ -300,11 +300,13 @@ fn set_duration(doc: &mut Document, target: &str, d: Duration, comment: String) 
     }
 }
 
-/// A duration as pgward reads it: `0`, whole seconds (`30s`) or milliseconds (`250ms`).
+/// A duration as pgward reads it: `0`, whole days (`365d`), seconds (`30s`) or milliseconds.
 pub fn humantime_text(d: Duration) -> String {
     if d.is_zero() {
         "0".into()
-    } else if d.subsec_millis() == 0 && d.subsec_nanos() == 0 {
+    } else if d.subsec_nanos() == 0 && d.as_secs() % 86400 == 0 {
+        format!("{}d", d.as_secs() / 86400)
+    } else if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis().max(1))
@@ -517,5 +519,7 @@ mod tests {
         assert_eq!(humantime_text(Duration::from_millis(1500)), "1500ms");
         assert_eq!(humantime_text(Duration::from_secs(120)), "120s");
         assert_eq!(humantime_text(Duration::ZERO), "0");
+        assert_eq!(humantime_text(FOREVER), "365d");
+        assert_eq!(humantime::parse_duration("365d").unwrap(), FOREVER);
     }
 }
