@@ -9,6 +9,7 @@
 //! - [`pool`]: pools, fair checkout between tenants, maintenance
 //! - [`tenancy`], [`sql`]: tenant resolution, context injection, statement classification
 //! - [`admin`], [`http`], [`metrics`]: observability
+//! - [`import`]: `pgward import-pgbouncer` (pgbouncer.ini → pgward.toml)
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod net;
 pub mod pgctl;

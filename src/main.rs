@@ -1,4 +1,5 @@
-//! The `pgward` command line: run the proxy, check a configuration, or start the demo.
+//! The `pgward` command line: run the proxy, check a configuration, import a PgBouncer
+//! configuration, or start the demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,21 @@ enum Cmd {
         /// The file to check.
         file: PathBuf,
     },
+    /// Write the pgward.toml equivalent to a pgbouncer.ini; one line on stderr per key not
+    /// carried over. Exits 1 when the result would not serve the ini's clients.
+    ImportPgbouncer {
+        /// The pgbouncer.ini to read (`%include`s are followed).
+        pgbouncer_ini: PathBuf,
+        /// The userlist.txt (default: the ini's auth_file).
+        #[arg(long)]
+        userlist: Option<PathBuf>,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// A database name the `*` fallback entry stands for (repeat for several).
+        #[arg(long = "wildcard-db", value_name = "NAME")]
+        wildcard_db: Vec<String>,
+    },
     /// Start a throwaway PostgreSQL with two tenant schemas and pgward in front of it.
     Demo {
         /// Port for pgward's Postgres listener.
@@ -52,6 +68,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Cmd::ImportPgbouncer {
+            pgbouncer_ini,
+            userlist,
+            output,
+            wildcard_db,
+        }) => pgward::import::run_cli(
+            &pgbouncer_ini,
+            &pgward::import::Options {
+                userlist,
+                wildcard_databases: wildcard_db,
+            },
+            output.as_deref(),
+        ),
         Some(Cmd::Demo { port }) => {
             init_logging("human");
             match runtime(0).block_on(pgward::demo::run(port)) {
