@@ -12,14 +12,17 @@ pub const APT_INSTALL: &str = "apt-get install pgbouncer";
 pub struct PgBouncer {
     child: Child,
     pub port: u16,
-    pub dir: PathBuf,
+    /// A directory the launcher made, removed when dropped.
+    owned: Option<PathBuf>,
 }
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(d) = &self.owned {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -72,7 +75,7 @@ fn postgres_ids() -> Option<(u32, u32)> {
 
 impl PgBouncer {
     /// Start `bin` with `[databases]` lines `databases`, extra `[pgbouncer]` lines `settings`
-    /// and a `userlist.txt` of `users` (name, password).
+    /// and a `userlist.txt` of `users` (name, password), in a directory of its own.
     pub fn start(bin: &Path, databases: &str, settings: &str, users: &[(&str, &str)]) -> PgBouncer {
         let port = free_port();
         let dir =
@@ -90,6 +93,14 @@ impl PgBouncer {
             users = dir.join("userlist.txt").display(),
         );
         std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
+        let mut b = PgBouncer::run(bin, &dir, &dir.join("pgbouncer.ini"), port);
+        b.owned = Some(dir);
+        b
+    }
+
+    /// Run `bin` on `ini`, listening on `port`, from `dir` (PgBouncer resolves relative paths
+    /// from its working directory); `dir` is handed to the `postgres` user when we are root.
+    pub fn run(bin: &Path, dir: &Path, ini: &Path, port: u16) -> PgBouncer {
         let mut cmd = Command::new(bin);
         let root = Command::new("id")
             .arg("-u")
@@ -97,29 +108,36 @@ impl PgBouncer {
             .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
         if let (true, Some((uid, gid))) = (root, postgres_ids()) {
             use std::os::unix::process::CommandExt;
-            Command::new("chown")
+            let ok = Command::new("chown")
                 .arg("-R")
                 .arg(format!("{uid}:{gid}"))
-                .arg(&dir)
+                .arg(dir)
                 .status()
                 .expect("chown");
+            assert!(ok.success(), "chown {}", dir.display());
             cmd.uid(uid).gid(gid);
         }
         let child = cmd
-            .arg(dir.join("pgbouncer.ini"))
+            .arg(ini)
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start pgbouncer");
+        let b = PgBouncer {
+            child,
+            port,
+            owned: None,
+        };
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "pgbouncer did not listen: {}",
+                start.elapsed() < Duration::from_secs(20),
+                "pgbouncer does not listen on {port}: {}",
                 std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        PgBouncer { child, port, dir }
+        b
     }
 }
