@@ -239,6 +239,53 @@ impl TempPostgres {
         Ok(())
     }
 
+    /// A streaming standby of this server (`pg_basebackup -R` over the unix socket, as the
+    /// superuser), started on a port of its own; same options.
+    pub fn standby(&self) -> Result<TempPostgres, PgCtlError> {
+        let base_dir = create_temp_dir(self.owner.is_some())?;
+        let sb = TempPostgres {
+            opts: PgOptions {
+                port: None,
+                ..self.opts.clone()
+            },
+            bin_dir: self.bin_dir.clone(),
+            data_dir: base_dir.join("data"),
+            base_dir,
+            port: pick_free_port()?,
+            auto_port: true,
+            owner: self.owner,
+        };
+        fs::set_permissions(&sb.base_dir, fs::Permissions::from_mode(0o755))?;
+        if let Some((uid, gid)) = self.owner {
+            chown(&sb.base_dir, Some(uid), Some(gid))?;
+        }
+        let mut cmd = sb.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&sb.data_dir)
+            .args(["-R", "-X", "stream", "-c", "fast", "-h"])
+            .arg(&self.base_dir)
+            .args(["-p", &self.port.to_string(), "-U", &self.opts.superuser]);
+        run("pg_basebackup", cmd, None)?;
+        sb.write_conf()?; // this port and socket directory
+        sb.start_again()?;
+        tracing::info!(
+            port = sb.port,
+            primary = self.port,
+            "temporary standby started"
+        );
+        Ok(sb)
+    }
+
+    /// Promote a standby (`pg_ctl promote -w`): returns once it accepts writes.
+    pub fn promote(&self) -> Result<(), PgCtlError> {
+        self.pg_ctl("promote", None)
+    }
+
+    /// Stop at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn stop_immediate(&self) -> Result<(), PgCtlError> {
+        self.stop_with("immediate")
+    }
+
     /// Everything the server has logged so far (empty if unreadable).
     pub fn log_contents(&self) -> String {
         let log = fs::read(self.base_dir.join("postgres.log")).unwrap_or_default();

@@ -129,7 +129,7 @@ fn pools(shared: &Shared) -> Table {
             s(maxwait / 1_000_000),
             s(maxwait % 1_000_000),
             s(mode(p.mode())),
-            None,
+            load_balance(&p.db.upstream),
             p.dedicated_tenant.as_deref().map(str::to_string),
         ]);
     }
@@ -232,7 +232,7 @@ fn tenants(shared: &Shared) -> Table {
 fn databases(shared: &Shared) -> Table {
     let cfg = shared.config();
     let mut t = Table::new(
-        "ssissiiiissiiiiiis",
+        "ssissiiiissiiiiiisss",
         &[
             "name",
             "host",
@@ -252,6 +252,8 @@ fn databases(shared: &Shared) -> Table {
             "paused",
             "disabled",
             "role_check",
+            "target_session_attrs",
+            "current_host",
         ],
     );
     let disabled = shared
@@ -274,7 +276,13 @@ fn databases(shared: &Shared) -> Table {
         let posture = shared.postures.get(&d.name).map(|p| p.summary());
         t.row(vec![
             s(&d.name),
-            s(&d.upstream.host),
+            // Several hosts: their names, as PgBouncer lists them (ports in `current_host`).
+            s(d.upstream
+                .hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")),
             s(d.upstream.port),
             s(&d.upstream.dbname),
             s(&d.upstream.user),
@@ -284,7 +292,7 @@ fn databases(shared: &Shared) -> Table {
             s(0),
             s(d.pool.server_lifetime.as_secs()),
             s(mode(d.pool.mode)),
-            None,
+            load_balance(&d.upstream),
             // Most server connections of the database's own pool (PgBouncer: 0 = no limit).
             s(d.pool.size),
             s(pools.iter().map(|p| p.size_now()).sum::<usize>()),
@@ -293,9 +301,19 @@ fn databases(shared: &Shared) -> Table {
             s(shared.pool(&d.name).is_some_and(|p| p.is_paused()) as i32),
             s(disabled.contains(&d.name) as i32),
             posture,
+            s(d.upstream.target_session_attrs.as_str()),
+            shared
+                .pool(&d.name)
+                .and_then(|p| p.current_host())
+                .map(|h| h.to_string()),
         ]);
     }
     t
+}
+
+/// PgBouncer's `load_balance_hosts` column: set only when the upstream has several hosts.
+fn load_balance(up: &crate::config::Upstream) -> Option<String> {
+    (up.hosts.len() > 1).then(|| (if up.load_balance { "random" } else { "disable" }).to_string())
 }
 
 fn users(shared: &Shared) -> Table {

@@ -109,8 +109,12 @@ impl Session {
             .store(self.statements.held() as u32, Ordering::Relaxed);
         let conn = co.conn();
         conn.info.link.store(self.info.id, Ordering::Relaxed);
-        self.cancel
-            .attach(self.pool.db.clone(), conn.pid, conn.secret);
+        self.cancel.attach(
+            self.pool.db.clone(),
+            conn.info.peer.clone(),
+            conn.pid,
+            conn.secret,
+        );
         self.txn.checked_out();
         let mut sql = String::new();
         if conn.params.sync_to(&self.params, &mut sql) {

@@ -20,13 +20,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::config::Database;
+use crate::config::{Database, Host};
 use crate::protocol::startup::encode_cancel;
 
 /// How long a forwarded cancel may take (connect, send, PostgreSQL closing the connection).
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Target = (Arc<Database>, i32, i32);
+/// The database, the host the backend is on, its pid and secret.
+type Target = (Arc<Database>, Arc<Host>, i32, i32);
 
 #[derive(Default)]
 pub struct CancelSlot {
@@ -48,8 +49,8 @@ impl Drop for Forwarding<'_> {
 }
 
 impl CancelSlot {
-    pub fn attach(&self, db: Arc<Database>, pid: i32, secret: i32) {
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some((db, pid, secret));
+    pub fn attach(&self, db: Arc<Database>, host: Arc<Host>, pid: i32, secret: i32) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some((db, host, pid, secret));
     }
     pub fn detach(&self) {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -130,25 +131,25 @@ pub fn cancel_in_background(slot: &CancelSlot) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    if let Some((db, pid, secret)) = target {
-        tokio::spawn(async move { send_cancel(&db, pid, secret).await });
+    if let Some((db, host, pid, secret)) = target {
+        tokio::spawn(async move { send_cancel(&db, &host, pid, secret).await });
     }
 }
 
 async fn forward(slot: Arc<CancelSlot>) {
-    let Some(((db, spid, ssecret), _forwarding)) = slot.start() else {
+    let Some(((db, host, spid, ssecret), _forwarding)) = slot.start() else {
         // Nothing running on a server: a client waiting for one stops waiting.
         slot.waiting.notify_waiters();
         return;
     };
-    send_cancel(&db, spid, ssecret).await;
+    send_cancel(&db, &host, spid, ssecret).await;
 }
 
-async fn send_cancel(db: &Database, spid: i32, ssecret: i32) {
+async fn send_cancel(db: &Database, host: &Host, spid: i32, ssecret: i32) {
     let up = &db.upstream;
     let r = async {
-        let tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
-        let mut s = crate::net::tls::connect_upstream(tcp, up)
+        let tcp = TcpStream::connect((host.name.as_str(), host.port)).await?;
+        let mut s = crate::net::tls::connect_upstream(tcp, up, &host.name)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         s.write_all(&encode_cancel(spid, ssecret)).await?;

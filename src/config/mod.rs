@@ -7,6 +7,7 @@
 //! - The running proxy holds an `Arc<Config>`; reload builds a new one and swaps it whole.
 
 pub mod access;
+pub mod conninfo;
 pub mod env;
 mod raw;
 mod upstream;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use raw::{render_effective, RawConfig};
-pub use upstream::{PassThrough, SslMode, Upstream};
+pub use upstream::{Host, PassThrough, ServerKind, SslMode, TargetSessionAttrs, Upstream};
 
 use crate::auth::secret::Secret;
 

@@ -85,7 +85,7 @@ fn one(
     log: &mut Log,
 ) {
     let key = |p: &str| format!("{name}.{p}");
-    let params = match super::connstr::parse(&e.value) {
+    let params = match crate::config::conninfo::parse(&e.value) {
         Ok(p) => p,
         Err(err) => {
             log.problem(

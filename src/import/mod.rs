@@ -2,7 +2,7 @@
 //! equivalent pgward.toml.
 //!
 //! - [`ini`]: PgBouncer's ini format (sections, comments, `%include`), with file:line.
-//! - [`connstr`]: the `[databases]` connection strings.
+//! - `crate::config::conninfo`: the `[databases]` connection strings (shared with upstreams).
 //! - [`userlist`]: the `auth_file`.
 //! - [`settings`]: the `[pgbouncer]` section → top level, `[pool]` and `[tls]`.
 //! - [`databases`]: `[databases]` → `[[databases]]` with upstream URLs; the `*` fallback.
@@ -19,7 +19,6 @@
 //!   (a database that could not be carried over, no login role for a database): the CLI
 //!   still writes the document (a draft to finish by hand) but exits non-zero.
 
-pub mod connstr;
 pub mod databases;
 pub mod emit;
 pub mod ini;

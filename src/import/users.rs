@@ -245,7 +245,7 @@ pub fn apply(
     }
     auth_query(s, userlist, server_tls, doc, log);
     for e in overrides {
-        match super::connstr::parse(&e.value) {
+        match crate::config::conninfo::parse(&e.value) {
             Ok(params) if params.is_empty() => {}
             Ok(params) => {
                 let names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();

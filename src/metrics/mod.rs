@@ -385,6 +385,17 @@ pub fn txn_model_miss() {
 }
 
 /// A bound on waiting fired: `query`, `idle_transaction`, `connect`, `login`.
+/// A pool's connections moved to another upstream host (failover, switchover).
+pub fn upstream_switch(database: &str) {
+    counter!("pgward_upstream_switches_total", "database" => database.to_string()).increment(1);
+}
+
+/// The upstream host a pool's newest connection reached: 1 for it, 0 for the one before.
+pub fn upstream_host(database: &str, host: &str, current: bool) {
+    gauge!("pgward_upstream_current", "database" => database.to_string(), "host" => host.to_string())
+        .set(if current { 1.0 } else { 0.0 });
+}
+
 pub fn timeout(kind: &'static str) {
     counter!("pgward_timeouts_total", "kind" => kind).increment(1);
 }

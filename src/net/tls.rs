@@ -83,7 +83,13 @@ fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
 }
 
 /// Negotiate TLS with the server as `sslmode` asks (SSLRequest first).
-pub async fn connect_upstream(mut tcp: TcpStream, up: &Upstream) -> Result<Stream, ServerError> {
+/// TLS per the upstream's `sslmode` on a connection to its host `host` (the name checked
+/// against the certificate with `verify-full`).
+pub async fn connect_upstream(
+    mut tcp: TcpStream,
+    up: &Upstream,
+    host: &str,
+) -> Result<Stream, ServerError> {
     if up.sslmode == SslMode::Disable {
         return Ok(Stream::Tcp(tcp));
     }
@@ -103,8 +109,8 @@ pub async fn connect_upstream(mut tcp: TcpStream, up: &Upstream) -> Result<Strea
         _ => return Err(ServerError::Protocol("unexpected answer to SSLRequest")),
     }
     let cfg = client_config(up)?;
-    let name = ServerName::try_from(up.host.clone())
-        .map_err(|e| ServerError::Tls(format!("bad host name {:?}: {e}", up.host)))?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| ServerError::Tls(format!("bad host name {host:?}: {e}")))?;
     let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await

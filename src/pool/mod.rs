@@ -86,6 +86,8 @@ pub struct Pool {
     next_id: AtomicU64,
     /// Bumped by `RECONNECT`: connections opened before are closed when next returned.
     generation: AtomicU64,
+    /// The upstream host of the newest connection.
+    current_host: Mutex<Option<crate::config::Host>>,
     /// Every live server connection of the pool (`SHOW SERVERS`).
     pub servers: servers::Registry,
     /// `SHOW STATS_AVERAGES` window.
@@ -140,6 +142,7 @@ impl Pool {
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             generation: AtomicU64::new(0),
+            current_host: Mutex::new(None),
             servers: Default::default(),
             averages: Mutex::new(averages::Window::new(Instant::now())),
         })
@@ -329,7 +332,10 @@ impl Pool {
         self.stats.connecting.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let s = &self.db.pool;
-        let r = tokio::time::timeout(s.connect_timeout, connect(&self.db.upstream, id, &s.tcp))
+        let up = &self.db.upstream;
+        let per_host = up.host_connect_timeout.unwrap_or(s.connect_timeout);
+        let all = per_host.saturating_mul(up.hosts.len().max(1) as u32);
+        let r = tokio::time::timeout(all, connect(up, id, &s.tcp, per_host))
             .await
             .unwrap_or(Err(ServerError::Timeout));
         self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
@@ -339,6 +345,7 @@ impl Pool {
                     .generation
                     .store(self.generation.load(Ordering::Relaxed), Ordering::Relaxed);
                 self.servers.add(&c.info);
+                self.note_host(&c.info.peer);
                 crate::metrics::server_connect(self.name(), start.elapsed());
                 self.stats.opened_total.fetch_add(1, Ordering::Relaxed);
                 self.mark_ok();
@@ -449,6 +456,7 @@ impl Pool {
     }
 
     pub(crate) fn put_idle(&self, mut conn: ServerConn, now: Instant) {
+        self.check_demoted(&conn);
         if self.closed.load(Ordering::Acquire) || !self.reusable(&conn, now) {
             self.stats.closed_total.fetch_add(1, Ordering::Relaxed);
             return;
@@ -483,10 +491,69 @@ impl Pool {
             .fetch_add(drained.len() as u64, Ordering::Relaxed);
     }
 
-    /// Neither past `server_lifetime` nor opened before the last `RECONNECT`.
+    /// Neither past `server_lifetime`, nor opened before the last `RECONNECT`, nor on a host
+    /// the pool left.
     fn reusable(&self, c: &ServerConn, now: Instant) -> bool {
         now.saturating_duration_since(c.created) <= self.db.pool.server_lifetime
             && c.info.generation.load(Ordering::Relaxed) >= self.generation.load(Ordering::Relaxed)
+            && !c.info.retired.load(Ordering::Relaxed)
+    }
+
+    /// A pool that needs a primary (`target_session_attrs` read-write or primary) sees a
+    /// connection say its server is a standby now, or read-only (PostgreSQL 14+ reports both):
+    /// leave its host (`SHOW SERVERS` shows which). Idle connections to it close now, the
+    /// others when returned; new connections search the hosts again.
+    fn check_demoted(&self, c: &ServerConn) {
+        if !self.db.upstream.target_session_attrs.needs_writes() {
+            return;
+        }
+        let p = &c.params.current;
+        let demoted = p.get("in_hot_standby") == Some("on")
+            || p.get("default_transaction_read_only") == Some("on");
+        if demoted && !c.info.retired.load(Ordering::Relaxed) {
+            self.leave_host(&c.info.peer);
+        }
+    }
+
+    /// Close the connections to `host`: idle ones now, the others when returned.
+    pub fn leave_host(&self, host: &crate::config::Host) {
+        tracing::warn!(pool = %self.label(), %host, "the server is no longer a primary (in_hot_standby or default_transaction_read_only is on): closing its connections; new ones go to the host that is");
+        for i in self.servers.live() {
+            if *i.peer == *host {
+                i.retired.store(true, Ordering::Relaxed);
+            }
+        }
+        let closed = self.with_idle(|idle| {
+            let before = idle.len();
+            idle.retain(|c| *c.info.peer != *host);
+            before - idle.len()
+        });
+        self.stats.idle.fetch_sub(closed, Ordering::Relaxed);
+        self.stats
+            .closed_total
+            .fetch_add(closed as u64, Ordering::Relaxed);
+    }
+
+    /// The host of the newest connection, for `SHOW DATABASES` and `/metrics`.
+    pub fn current_host(&self) -> Option<crate::config::Host> {
+        self.current_host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A new connection reached `host`: a different one than the last is a switch.
+    fn note_host(&self, host: &crate::config::Host) {
+        let mut cur = self.current_host.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.as_ref() == Some(host) {
+            return;
+        }
+        if let Some(old) = cur.replace(host.clone()) {
+            tracing::warn!(pool = %self.label(), from = %old, to = %host, "upstream switch: new server connections go to another host");
+            crate::metrics::upstream_switch(self.name());
+            crate::metrics::upstream_host(self.name(), &old.to_string(), false);
+        }
+        crate::metrics::upstream_host(self.name(), &host.to_string(), true);
     }
 
     /// `RECONNECT`: close the idle connections now and the others when they are returned.

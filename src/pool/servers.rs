@@ -23,10 +23,15 @@ pub struct ServerInfo {
     pub connected: SystemTime,
     /// pgward's end of the connection.
     pub local: Option<SocketAddr>,
+    /// The upstream host it reached.
+    pub peer: Arc<crate::config::Host>,
     pub tls: bool,
     /// The pool's generation when it was opened: older ones are closed at checkin
     /// (`RECONNECT`).
     pub generation: AtomicU64,
+    /// Its host stopped being of the kind the pool needs (a demoted primary): it is closed
+    /// instead of reused.
+    pub retired: std::sync::atomic::AtomicBool,
     /// The client holding it (its id), valid while the connection is checked out.
     pub link: AtomicU64,
     /// When it was last checked out ([`since_anchor_us`]); 0: never.
@@ -36,14 +41,22 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
-    pub fn new(id: u64, pid: i32, local: Option<SocketAddr>, tls: bool) -> Arc<ServerInfo> {
+    pub fn new(
+        id: u64,
+        pid: i32,
+        local: Option<SocketAddr>,
+        peer: crate::config::Host,
+        tls: bool,
+    ) -> Arc<ServerInfo> {
         Arc::new(ServerInfo {
             id,
             pid,
             connected: SystemTime::now(),
             local,
+            peer: Arc::new(peer),
             tls,
             generation: AtomicU64::new(0),
+            retired: Default::default(),
             link: AtomicU64::new(0),
             checked_out_us: AtomicU64::new(0),
             prepared: AtomicU32::new(0),
@@ -100,15 +113,24 @@ pub fn wall_time(us: u64) -> Option<SystemTime> {
 mod tests {
     use super::*;
 
+    fn host() -> crate::config::Host {
+        crate::config::Host {
+            name: "db".into(),
+            port: 5432,
+        }
+    }
+
     #[test]
     fn dropped_connections_leave_the_registry() {
         let r = Registry::default();
-        let keep: Vec<_> = (0..3).map(|i| ServerInfo::new(i, 0, None, false)).collect();
+        let keep: Vec<_> = (0..3)
+            .map(|i| ServerInfo::new(i, 0, None, host(), false))
+            .collect();
         for k in &keep {
             r.add(k);
         }
         for i in 10..100 {
-            r.add(&ServerInfo::new(i, 0, None, false)); // dropped at once
+            r.add(&ServerInfo::new(i, 0, None, host(), false)); // dropped at once
         }
         let live: Vec<u64> = r.live().iter().map(|i| i.id).collect();
         assert_eq!(live, vec![0, 1, 2]);

@@ -1,8 +1,15 @@
-//! Opening a server connection: TCP (+ TLS per `sslmode`), StartupMessage, authentication
-//! (SCRAM-SHA-256, md5, cleartext, trust) with the upstream's credentials, and the
-//! ParameterStatus/BackendKeyData that follow, up to the first ReadyForQuery.
+//! Opening a server connection: the host (one of the upstream's, of the kind
+//! `target_session_attrs` asks for), TCP (+ TLS per `sslmode`), StartupMessage,
+//! authentication (SCRAM-SHA-256, md5, cleartext, trust) with the upstream's credentials, and
+//! the ParameterStatus/BackendKeyData that follow, up to the first ReadyForQuery.
+//!
+//! Hosts are tried as libpq tries them: in order (shuffled with `load_balance_hosts=random`),
+//! every address of a name, each attempt bounded by `per_host`; a connection to a server of
+//! the wrong kind is closed and the search goes on. `prefer-standby` keeps the first server
+//! of another kind and returns it only if no standby answered.
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -11,7 +18,7 @@ use tokio::net::TcpStream;
 use super::params::ServerParams;
 use super::prepared::ServerStatements;
 use super::ServerConn;
-use crate::config::{PassThrough, TcpSettings, Upstream};
+use crate::config::{Host, PassThrough, ServerKind, TargetSessionAttrs, TcpSettings, Upstream};
 use crate::net::{read_message, write_all};
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status, PgError};
 use crate::protocol::frontend::{put_password, put_sasl_initial};
@@ -38,6 +45,8 @@ pub enum ServerError {
     PassThrough(String),
     #[error("server unavailable: the last connection attempt failed ({0}); the next one in {1:?} (server_login_retry)")]
     Backoff(String, std::time::Duration),
+    #[error("no server of the kind target_session_attrs={0} asks for among {1} ({2})")]
+    WrongKind(&'static str, String, String),
 }
 
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
@@ -60,16 +69,112 @@ fn tune(tcp: &TcpStream, s: &TcpSettings) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A connection to one of `up`'s hosts of the kind it asks for.
 pub async fn connect(
     up: &Upstream,
     id: u64,
     tcp_opts: &TcpSettings,
+    per_host: Duration,
 ) -> Result<ServerConn, ServerError> {
-    let tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
+    let target = up.target_session_attrs;
+    let mut hosts = up.hosts.clone();
+    if up.load_balance {
+        use rand::seq::SliceRandom;
+        hosts.shuffle(&mut rand::rng());
+    }
+    let mut fallback = None; // prefer-standby: a server of another kind
+    let mut last = None;
+    let mut seen = Vec::new();
+    for host in &hosts {
+        let addrs: Vec<SocketAddr> =
+            match tokio::net::lookup_host((host.name.as_str(), host.port)).await {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    last = Some(ServerError::Io(e));
+                    continue;
+                }
+            };
+        for addr in addrs {
+            let attempt = tokio::time::timeout(per_host, connect_to(up, host, addr, id, tcp_opts));
+            let mut c = match attempt.await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(_) => {
+                    last = Some(ServerError::Timeout);
+                    continue;
+                }
+            };
+            if target == TargetSessionAttrs::Any {
+                return Ok(c);
+            }
+            match kind(&mut c).await {
+                Some(k) if k.suits(target, true) => return Ok(c),
+                Some(k) if k.suits(target, false) && fallback.is_none() => fallback = Some(c),
+                Some(k) => seen.push(format!(
+                    "{host}: {}",
+                    match (k.standby, k.read_only) {
+                        (true, _) => "standby",
+                        (false, true) => "read-only primary",
+                        (false, false) => "primary",
+                    }
+                )),
+                None => last = Some(ServerError::Protocol("could not tell the server's kind")),
+            }
+        }
+    }
+    if let Some(c) = fallback {
+        return Ok(c);
+    }
+    Err(match (seen.is_empty(), last) {
+        (true, Some(e)) => e,
+        (_, last) => {
+            let mut why = seen.join(", ");
+            if let Some(e) = last {
+                why = format!("{why}; {e}");
+            }
+            ServerError::WrongKind(target.as_str(), up.hosts_text(), why)
+        }
+    })
+}
+
+/// What the server is: from `in_hot_standby` / `default_transaction_read_only` as reported
+/// at login (PostgreSQL 14+), else asked. `None`: the connection failed meanwhile.
+pub async fn kind(c: &mut ServerConn) -> Option<ServerKind> {
+    let p = &c.params.current;
+    let on = |v: &str| v == "on";
+    if let (Some(s), Some(r)) = (
+        p.get("in_hot_standby"),
+        p.get("default_transaction_read_only"),
+    ) {
+        return Some(ServerKind {
+            standby: on(s),
+            read_only: on(r),
+        });
+    }
+    let sql = b"SELECT pg_catalog.pg_is_in_recovery()::text, pg_catalog.current_setting('transaction_read_only')";
+    let row = super::query::first_row(c, sql).await.ok()?.ok()?;
+    Some(ServerKind {
+        standby: row.first()?.as_deref() == Some("true"),
+        read_only: row.get(1)?.as_deref() == Some("on"),
+    })
+}
+
+/// One attempt at one address of `host`.
+async fn connect_to(
+    up: &Upstream,
+    host: &Host,
+    addr: SocketAddr,
+    id: u64,
+    tcp_opts: &TcpSettings,
+) -> Result<ServerConn, ServerError> {
+    let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     tune(&tcp, tcp_opts)?;
     let local = tcp.local_addr().ok();
-    let mut stream = crate::net::tls::connect_upstream(tcp, up).await?;
+    let mut stream = crate::net::tls::connect_upstream(tcp, up, &host.name).await?;
     let options = up.startup_options();
     let mut params = vec![("user", up.user.as_str()), ("database", up.dbname.as_str())];
     if let Some(o) = &options {
@@ -212,7 +317,7 @@ pub async fn connect(
     let now = Instant::now();
     Ok(ServerConn {
         id,
-        info: crate::pool::servers::ServerInfo::new(id, pid, local, stream.is_tls()),
+        info: crate::pool::servers::ServerInfo::new(id, pid, local, host.clone(), stream.is_tls()),
         stream,
         rbuf: buf,
         pid,

@@ -168,7 +168,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn check(db: &Database, tenant_roles: &[String]) -> Posture {
     let run = async {
-        let mut conn = crate::server::connect(&db.upstream, 0, &db.pool.tcp)
+        let per_host = db
+            .upstream
+            .host_connect_timeout
+            .unwrap_or(db.pool.connect_timeout);
+        let mut conn = crate::server::connect(&db.upstream, 0, &db.pool.tcp, per_host)
             .await
             .map_err(|e| e.to_string())?;
         let sql = posture_sql(tenant_roles);

@@ -1,4 +1,5 @@
-//! PgBouncer's `[databases]` values: libpq-style `key=value` pairs separated by blanks.
+//! libpq-style connection strings: `key=value` pairs separated by blanks (upstreams in this
+//! form, and PgBouncer's `[databases]` values read by `import-pgbouncer`).
 //!
 //! A value is either a bare word (up to the next blank) or single-quoted, where `''` and `\'`
 //! stand for a quote and `\\` for a backslash. Keys are lower-cased. Errors never quote a
