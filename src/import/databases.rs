@@ -4,7 +4,8 @@
 //! (`postgres://user:password@host:port/dbname?sslmode=…&sslrootcert=…`, every part
 //! percent-encoded) with `pool_size`, `min_size` and `mode` when the entry sets them.
 //! - `host` missing or a Unix-socket directory: pgward connects over TCP only, so
-//!   `127.0.0.1` (with the entry's port) is used and said so. A host list keeps its first.
+//!   `127.0.0.1` (with the entry's port) is used and said so. A host list is kept (pgward
+//!   tries the hosts in turn); `load_balance_hosts=round-robin` becomes `random`.
 //! - No `user`: see [`super::users::AuthPlan::login`].
 //! - `*` (the fallback for any dbname) has no pgward equivalent: it stands for the names
 //!   given with `--wildcard-db`, or is a problem (the clients it served would be refused).
@@ -114,33 +115,43 @@ fn one(
         e.at.to_string()
     };
     sec.set("name", name, from);
-    let host = match get("host").map(|h| h.split(',').next().unwrap_or("").trim()) {
-        Some(h) if !h.is_empty() && !h.starts_with('/') && !h.starts_with('@') => {
-            if get("host").is_some_and(|h| h.contains(',')) {
-                log.note_at(
-                    &e.at,
-                    &key("host"),
-                    format!("pgward connects to one host: {h} is used"),
-                );
-            }
-            h.to_string()
-        }
-        _ => {
+    // Hosts: a list is kept (pgward tries them in turn); a Unix socket becomes 127.0.0.1.
+    let mut names: Vec<String> = Vec::new();
+    for h in get("host").unwrap_or("").split(',').map(str::trim) {
+        if !h.is_empty() && !h.starts_with('/') && !h.starts_with('@') {
+            names.push(h.to_string());
+        } else if !names.contains(&"127.0.0.1".to_string()) {
             log.note_at(&e.at, &key("host"), "PgBouncer connected over a Unix socket; pgward connects over TCP: 127.0.0.1 is used (PostgreSQL must listen there)");
-            "127.0.0.1".into()
+            names.push("127.0.0.1".into());
         }
-    };
-    let port = match get("port").map(|p| p.split(',').next().unwrap_or("").trim().parse::<u16>()) {
-        None => 5432,
-        Some(Ok(p)) => p,
-        Some(Err(_)) => {
-            log.problem(
-                Some(&e.at),
-                &key("port"),
-                "database not carried over: not a port number",
-            );
-            return;
+    }
+    let ports: Vec<&str> =
+        get("port").map_or(Vec::new(), |p| p.split(',').map(str::trim).collect());
+    let mut hosts = Vec::new();
+    for (i, h) in names.iter().enumerate() {
+        let p = match ports.len() {
+            0 => "5432",
+            1 => ports[0],
+            _ => ports.get(i).copied().unwrap_or(""),
+        };
+        match p.parse::<u16>() {
+            Ok(p) => hosts.push((h.clone(), p)),
+            Err(_) => {
+                log.problem(
+                    Some(&e.at),
+                    &key("port"),
+                    "database not carried over: not a port number (or not one per host)",
+                );
+                return;
+            }
         }
+    }
+    let balance = match get("load_balance_hosts") {
+        Some("round-robin") if hosts.len() > 1 => {
+            log.note_at(&e.at, &key("load_balance_hosts"), "round-robin: carried over as load_balance_hosts=random (pgward picks a random order per new connection)");
+            true
+        }
+        _ => false,
     };
     let dbname = get("dbname").filter(|d| !d.is_empty()).unwrap_or(name);
     let (login, note) = match auth.login(get("user"), get("password"), get("auth_user")) {
@@ -163,15 +174,18 @@ fn one(
             "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full"
         )
     });
-    let url = upstream_url(
+    let mut url = upstream_url(
         &login.user,
         login.password.as_deref(),
-        &host,
-        port,
+        &hosts,
         dbname,
         sslmode,
         tls.sslrootcert.as_deref(),
     );
+    if balance {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("load_balance_hosts=random");
+    }
     if let Err(err) = crate::config::Upstream::parse(&url) {
         log.problem(
             Some(&e.at),
@@ -183,7 +197,7 @@ fn one(
     sec.set("upstream", url, "");
     for (k, v) in &params {
         match k.as_str() {
-            "host" | "port" | "dbname" | "user" | "password" | "auth_user" => {}
+            "host" | "port" | "dbname" | "user" | "password" | "auth_user" | "load_balance_hosts" => {}
             "pool_size" => match v.parse::<i64>() {
                 Ok(n) if n >= 1 => sec.set("pool_size", n, ""),
                 _ => log.note_at(&e.at, &key(k), "not carried over: not a pool size of at least 1"),
@@ -210,7 +224,6 @@ fn one(
             "reserve_pool" | "reserve_pool_size" => log.note_at(&e.at, &key(k), "not carried over: pgward has no overflow pool; raise pool_size"),
             "max_db_connections" => log.note_at(&e.at, &key(k), "not carried over: the database's pool_size bounds its server connections"),
             "auth_dbname" => log.note_at(&e.at, &key(k), "not carried over: pgward's [auth_query] has one database for all"),
-            "load_balance_hosts" => log.note_at(&e.at, &key(k), "not carried over: pgward connects to one host"),
             "server_lifetime" => log.note_at(&e.at, &key(k), "not carried over: [pool] server_lifetime applies to every database"),
             _ => log.note_at(&e.at, &key(k), "not carried over: unknown connection parameter"),
         }
@@ -218,28 +231,29 @@ fn one(
     doc.databases.push(sec);
 }
 
-/// `postgres://USER[:PASSWORD]@HOST:PORT/DBNAME[?sslmode=…&sslrootcert=…]`, every part
-/// percent-encoded.
+/// `postgres://USER[:PASSWORD]@HOST:PORT[,HOST:PORT…]/DBNAME[?sslmode=…&sslrootcert=…]`,
+/// every part percent-encoded.
 pub fn upstream_url(
     user: &str,
     password: Option<&str>,
-    host: &str,
-    port: u16,
+    hosts: &[(String, u16)],
     dbname: &str,
     sslmode: Option<&str>,
     sslrootcert: Option<&str>,
 ) -> String {
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
+    let hosts: Vec<String> = hosts
+        .iter()
+        .map(|(h, port)| match h.contains(':') && !h.starts_with('[') {
+            true => format!("[{h}]:{port}"),
+            false => format!("{h}:{port}"),
+        })
+        .collect();
     let mut url = format!("postgres://{}", encode(user));
     if let Some(p) = password {
         url.push(':');
         url.push_str(&encode(p));
     }
-    url.push_str(&format!("@{host}:{port}/{}", encode(dbname)));
+    url.push_str(&format!("@{}/{}", hosts.join(","), encode(dbname)));
     let mut query = Vec::new();
     if let Some(m) = sslmode {
         query.push(format!("sslmode={}", encode(m)));
@@ -276,8 +290,7 @@ mod tests {
         let url = upstream_url(
             "u@x",
             Some("p@ss:w+rd ${X}/?#&="),
-            "fd00::5",
-            6543,
+            &[("fd00::5".to_string(), 6543), ("db2".to_string(), 5433)],
             "my db",
             Some("verify-ca"),
             Some("/etc/ca dir/ca.crt"),
@@ -289,6 +302,7 @@ mod tests {
             (u.host.as_str(), u.port, u.dbname.as_str()),
             ("fd00::5", 6543, "my db")
         );
+        assert_eq!(u.hosts_text(), "[fd00::5]:6543,db2:5433");
         assert_eq!(u.sslmode, crate::config::SslMode::VerifyCa);
         assert_eq!(
             u.sslrootcert.as_deref(),

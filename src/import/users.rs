@@ -337,8 +337,7 @@ fn auth_query(
     let url = super::databases::upstream_url(
         user,
         password,
-        &first.host,
-        first.port,
+        &[(first.host.clone(), first.port)],
         dbname,
         Some(sslmode),
         None,
