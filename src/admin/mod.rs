@@ -19,6 +19,8 @@ mod show;
 mod sockets;
 mod stats;
 
+pub use show::{pool_figures, tenant_load, PoolFigures};
+
 use std::sync::Arc;
 
 use bytes::BytesMut;

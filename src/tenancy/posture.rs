@@ -55,6 +55,17 @@ impl Postures {
     pub fn get(&self, db: &str) -> Option<Posture> {
         self.0.get(db).map(|p| p.clone())
     }
+
+    /// Every result, by key, sorted (the status page).
+    pub fn all(&self) -> Vec<(String, Posture)> {
+        let mut v: Vec<_> = self
+            .0
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
 }
 
 /// The key of the posture that applies to a client of `db` in `tenant`.
