@@ -6,8 +6,9 @@
 //! hold every privilege on them), and the privileges of a tenant's role (membership with
 //! INHERIT). The check runs at start, after every reload, and every minute until it
 //! succeeded once for the configuration; findings are logged as warnings, shown in
-//! `SHOW DATABASES` and on `/ready`, and with `role_check = "strict"` tenant clients of the
-//! database are refused until the check passes (unknown is the unsafe side).
+//! `SHOW DATABASES`, on `/ready` and on the status page, and with `role_check = "strict"`
+//! tenant clients of the database are refused until the check passes (unknown is the unsafe
+//! side).
 //!
 //! A tenant with its own upstream (`crate::tenancy::dedicated`) is checked the same way under
 //! the key `database/tenant`, with its database's `role_check`: its statements without context
