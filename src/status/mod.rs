@@ -423,6 +423,11 @@ database = "app"
             .iter()
             .map(|w| (w["kind"].as_str().unwrap(), w["subject"].as_str().unwrap()))
             .collect();
+        // The pools' maintenance may already have failed to reach the (absent) upstream.
+        let kinds: Vec<_> = kinds
+            .into_iter()
+            .filter(|k| k.0 != "server_error")
+            .collect();
         assert_eq!(kinds, [("paused", "app"), ("disabled", "reports")]);
         assert_eq!(v["ready"], false, "no upstream ever answered");
     }
