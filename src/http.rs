@@ -1,6 +1,7 @@
 //! HTTP endpoints on `http_listen`: `/metrics` (Prometheus text), `/health` (200 while the
-//! process serves) and `/ready` (200 only when every database's upstream accepted a
-//! connection recently; 503 with a plain-text reason otherwise).
+//! process serves), `/ready` (200 only when every database's upstream accepted a
+//! connection recently; 503 with a plain-text reason otherwise), and the status page for
+//! people: `/` (HTML) and `/status.json` (what it draws; `crate::status`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -44,8 +45,19 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .expect("static response parts")
 }
 
+fn typed(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
 fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
+        "/" => typed("text/html; charset=utf-8", crate::status::PAGE.to_string()),
+        "/status.json" => typed("application/json", crate::status::json(shared)),
         "/metrics" => {
             publish_gauges(shared);
             let mut r = text(StatusCode::OK, crate::metrics::render());
@@ -74,7 +86,7 @@ fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /health, /ready\n".into(),
+            "not found: try /, /status.json, /metrics, /health, /ready\n".into(),
         ),
     }
 }

@@ -8,7 +8,7 @@
 //! - [`server`]: one pooled PostgreSQL connection and what it still owes
 //! - [`pool`]: pools, fair checkout between tenants, maintenance
 //! - [`tenancy`], [`sql`]: tenant resolution, context injection, statement classification
-//! - [`admin`], [`http`], [`metrics`]: observability
+//! - [`admin`], [`http`], [`metrics`], [`status`]: observability
 //! - [`import`]: `pgward import-pgbouncer` (pgbouncer.ini → pgward.toml)
 #![forbid(unsafe_code)]
 
@@ -31,6 +31,7 @@ pub mod run;
 pub mod server;
 pub mod shard;
 pub mod sql;
+pub mod status;
 pub mod tenancy;
 
 /// Reported as `server_version` by the admin console and `SHOW VERSION`.

@@ -95,12 +95,9 @@ impl QueryStats {
         s.hist[bucket(d)] += 1;
     }
 
-    /// Rows for SHOW QUERIES: per tenant, the `top` shapes by total time.
-    pub fn top(&self, top: usize) -> Vec<[String; 7]> {
-        // (tenant, shape, calls, total ns, p50 ms, p99 ms)
-        type Row = (Arc<str>, Arc<str>, u64, u64, f64, f64);
-        let mut all: Vec<Row> = self
-            .shapes
+    /// Every tracked shape with its figures, unordered.
+    pub fn shapes(&self) -> Vec<ShapeFigures> {
+        self.shapes
             .iter()
             .map(|e| {
                 let s = e.value().lock().unwrap_or_else(|e| e.into_inner());
@@ -115,41 +112,75 @@ impl QueryStats {
                     }
                     bucket_upper(BUCKETS - 1)
                 };
-                (
-                    e.key().0.clone(),
-                    e.key().1.clone(),
-                    s.calls,
-                    s.total_ns,
-                    q(0.5),
-                    q(0.99),
-                )
+                ShapeFigures {
+                    tenant: e.key().0.clone(),
+                    shape: e.key().1.clone(),
+                    calls: s.calls,
+                    total_ms: s.total_ns as f64 / 1e6,
+                    p50_ms: q(0.5),
+                    p99_ms: q(0.99),
+                }
             })
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0).then(b.3.cmp(&a.3)));
+            .collect()
+    }
+
+    /// The `n` shapes with the most total time, over all tenants (the status page).
+    pub fn top_overall(&self, n: usize) -> Vec<ShapeFigures> {
+        let mut all = self.shapes();
+        all.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        all.truncate(n);
+        all
+    }
+
+    /// Rows for SHOW QUERIES: per tenant, the `top` shapes by total time.
+    pub fn top(&self, top: usize) -> Vec<[String; 7]> {
+        let mut all = self.shapes();
+        all.sort_by(|a, b| {
+            a.tenant
+                .cmp(&b.tenant)
+                .then(b.total_ms.total_cmp(&a.total_ms))
+        });
         let mut out = Vec::new();
         let mut last: Option<Arc<str>> = None;
         let mut n = 0;
-        for (tenant, shape, calls, total, p50, p99) in all {
-            if last.as_ref() != Some(&tenant) {
-                last = Some(tenant.clone());
+        for f in all {
+            if last.as_ref() != Some(&f.tenant) {
+                last = Some(f.tenant.clone());
                 n = 0;
             }
             n += 1;
             if n > top {
                 continue;
             }
-            let total_ms = total as f64 / 1e6;
             out.push([
-                tenant.to_string(),
-                shape.to_string(),
-                calls.to_string(),
-                format!("{total_ms:.3}"),
-                format!("{:.3}", total_ms / calls.max(1) as f64),
-                format!("{p50:.3}"),
-                format!("{p99:.3}"),
+                f.tenant.to_string(),
+                f.shape.to_string(),
+                f.calls.to_string(),
+                format!("{:.3}", f.total_ms),
+                format!("{:.3}", f.mean_ms()),
+                format!("{:.3}", f.p50_ms),
+                format!("{:.3}", f.p99_ms),
             ]);
         }
         out
+    }
+}
+
+/// One query shape of one tenant ("" for clients without a tenant).
+#[derive(Clone, Debug)]
+pub struct ShapeFigures {
+    pub tenant: Arc<str>,
+    pub shape: Arc<str>,
+    pub calls: u64,
+    pub total_ms: f64,
+    /// Upper bounds of the log-scale buckets (within a factor of √2).
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl ShapeFigures {
+    pub fn mean_ms(&self) -> f64 {
+        self.total_ms / self.calls.max(1) as f64
     }
 }
 
@@ -220,5 +251,8 @@ mod tests {
         let p50: f64 = rows[1][5].parse().unwrap();
         assert!((0.1..0.3).contains(&p50), "{p50}");
         assert_eq!(s.top(1).len(), 1);
+        let top = s.top_overall(1);
+        assert_eq!(top.len(), 1);
+        assert_eq!(&*top[0].shape, "UPDATE t SET x = ?");
     }
 }

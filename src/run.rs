@@ -92,6 +92,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         loop {
             tick.tick().await;
             crate::metrics::upkeep();
+            crate::status::history::sample_if_due();
             let _ = &s;
         }
     }));

@@ -361,3 +361,18 @@ async fn show_queries_keeps_normalised_shapes_per_tenant() {
         "literals must not be kept: {text}"
     );
 }
+
+/// An admin console session outlives `client_login_timeout` (it bounds the login only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_session_outlives_the_login_timeout() {
+    let h = Harness::start(Opts {
+        top_extra: "client_login_timeout = \"1s\"".into(),
+        ..Opts::default()
+    })
+    .await;
+    let admin = h.connect("admin", "pgward").await;
+    admin.simple_query("SHOW VERSION").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let rows = admin.simple_query("SHOW VERSION").await.unwrap();
+    assert!(first_value(&rows).starts_with("pgward"));
+}

@@ -12,12 +12,16 @@
 //! Files: `show.rs` (tables about pools, databases, users, configuration), `sockets.rs`
 //! (`SHOW CLIENTS`/`SERVERS`), `stats.rs` (`SHOW STATS*`/`TOTALS`), `command.rs` (everything
 //! that is not a SHOW), `settings.rs` (`SHOW CONFIG` rows and `SET`).
+//! `SHOW POOLS`' and `SHOW TENANTS`' figures are also what the status page shows
+//! (`crate::status`), through [`pool_figures`] and [`tenant_load`].
 
 mod command;
 mod settings;
 mod show;
 mod sockets;
 mod stats;
+
+pub use show::{pool_figures, tenant_load, PoolFigures};
 
 use std::sync::Arc;
 

@@ -83,6 +83,64 @@ fn clients_by_state(shared: &Shared, p: &Pool, all: &[Arc<Pool>]) -> ([usize; 3]
     (n, maxwait)
 }
 
+/// One pool's figures as `SHOW POOLS` gives them; the status page (`crate::status`) shows
+/// the same values, so the two cannot disagree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolFigures {
+    pub database: String,
+    /// The login role of its server connections.
+    pub user: String,
+    /// A dedicated tenant's pool: the tenant.
+    pub tenant: Option<String>,
+    /// `disable`/`random` when its upstream has several hosts.
+    pub load_balance_hosts: Option<String>,
+    /// PgBouncer's meaning: logged-in clients that are not waiting (active or idle).
+    pub cl_active: usize,
+    pub cl_waiting: usize,
+    pub sv_active: usize,
+    pub sv_idle: usize,
+    pub sv_login: usize,
+    /// The longest current wait for a server connection, µs.
+    pub maxwait_us: u64,
+    pub mode: &'static str,
+    pub paused: bool,
+    /// Configured server connections of the pool (`pool.size`).
+    pub size: usize,
+    /// `SHOW STATS`' `avg_wait_time` of this pool: the mean wait per server assignment over
+    /// the last `stats_period`, µs (not a `SHOW POOLS` column).
+    pub avg_wait_us: u64,
+}
+
+/// Every pool's figures, in the registry's order.
+pub fn pool_figures(shared: &Shared) -> Vec<PoolFigures> {
+    let all: Vec<Arc<Pool>> = shared.pools.iter().map(|p| p.clone()).collect();
+    all.iter()
+        .map(|p| {
+            let st = &p.stats;
+            let ([idle, active, waiting], maxwait) = clients_by_state(shared, p, &all);
+            PoolFigures {
+                database: p.name().to_string(),
+                user: p.db.upstream.user.clone(),
+                tenant: p.dedicated_tenant.as_deref().map(str::to_string),
+                load_balance_hosts: load_balance(&p.db.upstream),
+                cl_active: active + idle,
+                cl_waiting: waiting,
+                sv_active: st.active.load(Ordering::Relaxed),
+                sv_idle: st.idle.load(Ordering::Relaxed),
+                sv_login: st.connecting.load(Ordering::Relaxed),
+                maxwait_us: maxwait,
+                mode: mode(p.mode()),
+                paused: p.is_paused(),
+                size: p.db.pool.size,
+                avg_wait_us: {
+                    let (delta, secs) = p.averages.lock().unwrap_or_else(|e| e.into_inner()).last;
+                    delta.averages(secs).wait_time
+                },
+            }
+        })
+        .collect()
+}
+
 fn pools(shared: &Shared) -> Table {
     let mut t = Table::new(
         "ssiiiiiiiiiiiiisss",
@@ -107,33 +165,47 @@ fn pools(shared: &Shared) -> Table {
             "tenant",
         ],
     );
-    let all: Vec<Arc<Pool>> = shared.pools.iter().map(|p| p.clone()).collect();
-    for p in &all {
-        let st = &p.stats;
-        let ([idle, active, waiting], maxwait) = clients_by_state(shared, p, &all);
+    for p in pool_figures(shared) {
         t.row(vec![
-            s(p.name()),
-            s(&p.db.upstream.user),
-            // PgBouncer counts a logged-in client that is not waiting as active.
-            s(active + idle),
-            s(waiting),
+            s(&p.database),
+            s(&p.user),
+            s(p.cl_active),
+            s(p.cl_waiting),
             s(0),
             s(0),
-            s(st.active.load(Ordering::Relaxed)),
+            s(p.sv_active),
             s(0),
             s(0),
-            s(st.idle.load(Ordering::Relaxed)),
+            s(p.sv_idle),
             s(0),
             s(0),
-            s(st.connecting.load(Ordering::Relaxed)),
-            s(maxwait / 1_000_000),
-            s(maxwait % 1_000_000),
-            s(mode(p.mode())),
-            load_balance(&p.db.upstream),
-            p.dedicated_tenant.as_deref().map(str::to_string),
+            s(p.sv_login),
+            s(p.maxwait_us / 1_000_000),
+            s(p.maxwait_us % 1_000_000),
+            s(p.mode),
+            p.load_balance_hosts,
+            p.tenant,
         ]);
     }
     t
+}
+
+/// A tenant's load as `SHOW TENANTS` gives it: clients connected, clients waiting for a
+/// server connection, server connections held (in its database's pool and in its own
+/// database's, if it has one open).
+pub fn tenant_load(shared: &Shared, ten: &crate::config::Tenant) -> (usize, usize, usize) {
+    let id = &ten.id;
+    let clients = shared.tenant_clients.get(id);
+    let pools = [
+        shared.pool(&ten.database),
+        crate::tenancy::dedicated::open_pool(shared, &ten.database, id),
+    ];
+    let (waiting, held) = pools
+        .iter()
+        .flatten()
+        .filter_map(|p| p.shares().into_iter().find(|(c, _, _)| &**c == id))
+        .fold((0, 0), |(w, h), (_, w2, h2)| (w + w2, h + h2));
+    (clients, waiting, held)
 }
 
 fn tenants(shared: &Shared) -> Table {
@@ -161,17 +233,7 @@ fn tenants(shared: &Shared) -> Table {
     let cfg = shared.config();
     for ten in shared.tenants.load().sorted() {
         let id = &ten.id;
-        let clients = shared.tenant_clients.get(id);
-        // Its share of its database's pool and of its own database's, if it has one open.
-        let pools = [
-            shared.pool(&ten.database),
-            crate::tenancy::dedicated::open_pool(shared, &ten.database, id),
-        ];
-        let (waiting, held) = pools
-            .iter()
-            .flatten()
-            .filter_map(|p| p.shares().into_iter().find(|(c, _, _)| &**c == id))
-            .fold((0, 0), |(w, h), (_, w2, h2)| (w + w2, h + h2));
+        let (clients, waiting, held) = tenant_load(shared, &ten);
         let defaults = cfg
             .database(&ten.database)
             .map(|d| {

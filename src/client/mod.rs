@@ -71,10 +71,13 @@ pub async fn handle(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
     drop(login);
     drop(cfg);
     match r {
-        Ok(Some(session)) => {
+        Ok(Some(LoggedIn::Client(session))) => {
             let id = session.info.id;
             session.run().await;
             shared.clients.remove(&id);
+        }
+        Ok(Some(LoggedIn::Admin(stream, buf, user))) => {
+            crate::admin::run(stream, buf, shared, user).await;
         }
         Ok(None) => {}
         Err(_) => {
@@ -132,11 +135,15 @@ async fn refuse(mut stream: Stream, e: PgError) {
 }
 
 /// Everything up to ReadyForQuery. `None` when the connection ended (error already sent).
-async fn handshake(
-    mut stream: Stream,
-    addr: SocketAddr,
-    shared: &Arc<Shared>,
-) -> Option<Box<Session>> {
+/// What a completed login leads to.
+enum LoggedIn {
+    Client(Box<Session>),
+    /// An admin console session: it runs after the login, outside `client_login_timeout`
+    /// and the `max_pending_logins` slot.
+    Admin(Stream, BytesMut, String),
+}
+
+async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -> Option<LoggedIn> {
     let mut buf = BytesMut::with_capacity(256);
     let cfg = shared.config();
     let mut binding = None;
@@ -328,8 +335,7 @@ async fn handshake(
             .await;
             return None;
         }
-        crate::admin::run(stream, buf, shared.clone(), user.name.clone()).await;
-        return None;
+        return Some(LoggedIn::Admin(stream, buf, user.name.clone()));
     }
     if let Some(t) = &resolved.tenant {
         if t.users
@@ -484,7 +490,7 @@ async fn handshake(
     let mode = db.pool.mode;
     // Boxed: the session is the bulk of an idle client's memory, and a future that moves it
     // around would hold it more than once.
-    Some(Box::new(Session {
+    Some(LoggedIn::Client(Box::new(Session {
         labels: crate::metrics::labels(&db.name, info.tenant.as_deref()),
         shared: shared.clone(),
         info,
@@ -548,7 +554,7 @@ async fn handshake(
         unnamed_cmd: crate::metrics::Command::Other,
         exec_cmd: crate::metrics::Command::Other,
         unnamed_here: false,
-    }))
+    })))
 }
 
 /// Read one startup-phase packet (length-prefixed, untyped), bounded by MAX_STARTUP_PACKET.

@@ -125,6 +125,24 @@ impl HistogramSet {
         metrics::Histogram::from_arc(h)
     }
 
+    /// The bucket bounds (seconds, ascending; the `+Inf` bucket is implied).
+    pub fn bounds(&self) -> &[f64] {
+        &self.bounds
+    }
+
+    /// Per-bucket counts (not cumulative; the last is `+Inf`) summed over every series of
+    /// `name`, whatever its labels.
+    pub fn totals(&self, name: &str) -> Vec<u64> {
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = vec![0u64; self.bounds.len() + 1];
+        for (_, h) in series.iter().filter(|((n, _), _)| *n == name) {
+            for (o, c) in out.iter_mut().zip(h.snapshot().0) {
+                *o += c;
+            }
+        }
+        out
+    }
+
     /// Every series with at least one observation; `help(name)` gives its HELP text.
     pub fn render(&self, out: &mut String, help: impl Fn(&str) -> &'static str) {
         let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,5 +230,9 @@ mod tests {
             x_seconds_sum{db=\"a\\\"b\"} 18.321\n\
             x_seconds_count{db=\"a\\\"b\"} 30\n\n";
         assert_eq!(out, expected);
+        // Totals add up every series of a name: 6 threads × (2, 1, 1, 1), plus one more.
+        set.get("x_seconds", &[("db", "other")]).record(0.005);
+        assert_eq!(set.totals("x_seconds"), vec![12, 7, 6, 6]);
+        assert_eq!(set.totals("y_seconds"), vec![0; 4]);
     }
 }

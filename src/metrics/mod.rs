@@ -13,7 +13,7 @@
 pub mod histogram;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -339,12 +339,46 @@ pub fn server_connect(database: &str, d: Duration) {
         .record(d.as_secs_f64());
 }
 
+/// Errors sent to clients by SQLSTATE class, readable back (the exporter's counters are
+/// not): the status page's table. Counted whether or not the exporter is installed; at most
+/// one entry per two-byte class.
+fn error_table() -> &'static DashMap<[u8; 2], AtomicU64> {
+    static T: OnceLock<DashMap<[u8; 2], AtomicU64>> = OnceLock::new();
+    T.get_or_init(DashMap::new)
+}
+
+/// (SQLSTATE class, ErrorResponses sent to clients) since the process started, by class.
+pub fn error_counts() -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = error_table()
+        .iter()
+        .map(|e| {
+            (
+                String::from_utf8_lossy(e.key()).into_owned(),
+                e.value().load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The statement-duration histogram summed over databases, tenants and commands: the bucket
+/// bounds (seconds) and per-bucket counts (the last is `+Inf`). None without the exporter.
+pub fn statement_latency() -> Option<(Vec<f64>, Vec<u64>)> {
+    let r = REGISTRY.get()?;
+    Some((r.hot.bounds().to_vec(), r.hot.totals(QUERY)))
+}
+
 /// An ErrorResponse went to a client; `code` is its SQLSTATE.
 pub fn error(code: &[u8]) {
     let class = [
         code.first().copied().unwrap_or(b'?'),
         code.get(1).copied().unwrap_or(b'?'),
     ];
+    error_table()
+        .entry(class)
+        .or_default()
+        .fetch_add(1, Ordering::Relaxed);
     if let Some(r) = REGISTRY.get() {
         let c = r
             .errors

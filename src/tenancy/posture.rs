@@ -6,8 +6,9 @@
 //! hold every privilege on them), and the privileges of a tenant's role (membership with
 //! INHERIT). The check runs at start, after every reload, and every minute until it
 //! succeeded once for the configuration; findings are logged as warnings, shown in
-//! `SHOW DATABASES` and on `/ready`, and with `role_check = "strict"` tenant clients of the
-//! database are refused until the check passes (unknown is the unsafe side).
+//! `SHOW DATABASES`, on `/ready` and on the status page, and with `role_check = "strict"`
+//! tenant clients of the database are refused until the check passes (unknown is the unsafe
+//! side).
 //!
 //! A tenant with its own upstream (`crate::tenancy::dedicated`) is checked the same way under
 //! the key `database/tenant`, with its database's `role_check`: its statements without context
@@ -54,6 +55,17 @@ pub struct Postures(DashMap<String, Posture>);
 impl Postures {
     pub fn get(&self, db: &str) -> Option<Posture> {
         self.0.get(db).map(|p| p.clone())
+    }
+
+    /// Every result, by key, sorted (the status page).
+    pub fn all(&self) -> Vec<(String, Posture)> {
+        let mut v: Vec<_> = self
+            .0
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 }
 
