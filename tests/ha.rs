@@ -31,6 +31,16 @@ fn primary_and_standby() -> (TempPostgres, TempPostgres) {
 
 /// pgward with databases `rw` and `ro` over the hosts `hosts` (in this order).
 async fn start(primary: TempPostgres, hosts: &[u16], extra_pool: &str) -> Harness {
+    start_with(primary, hosts, extra_pool, "").await
+}
+
+/// [`start`] with more lines for the `ro` database.
+async fn start_with(
+    primary: TempPostgres,
+    hosts: &[u16],
+    extra_pool: &str,
+    ro_extra: &str,
+) -> Harness {
     init_tracing();
     let list: Vec<String> = hosts.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let url = |attrs: &str| {
@@ -44,7 +54,7 @@ async fn start(primary: TempPostgres, hosts: &[u16], extra_pool: &str) -> Harnes
         &Opts {
             pool_extra: extra_pool.to_string(),
             extra: format!(
-                "[[databases]]\nname = \"rw\"\nupstream = \"{}\"\n\n[[databases]]\nname = \"ro\"\nupstream = \"{}\"\n",
+                "[[databases]]\nname = \"rw\"\nupstream = \"{}\"\n\n[[databases]]\nname = \"ro\"\nupstream = \"{}\"\n{ro_extra}\n",
                 url("read-write"),
                 url("prefer-standby")
             ),
@@ -348,4 +358,74 @@ async fn switchover_leaves_the_demoted_primary() {
         "{body}"
     );
     drop(standby);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_routing_avoids_a_lagging_standby() {
+    let _serial = SERIAL.lock().await;
+    let (primary, standby) = tokio::task::spawn_blocking(primary_and_standby)
+        .await
+        .unwrap();
+    let (pp, sp) = (primary.port(), standby.port());
+    let h = start_with(primary, &[pp, sp], "", "max_replica_lag = \"1s\"").await;
+    let ro = h.connect("app_user", "ro").await;
+    assert_eq!(
+        scalar(&ro, "SELECT inet_server_port()").await,
+        sp.to_string()
+    );
+
+    // A transaction replayed (so the standby knows how old its replay is), then replay stops
+    // on the standby while the primary goes on writing.
+    let sb = &standby;
+    let pg = &h.pg;
+    tokio::task::block_in_place(|| {
+        pg.psql("app", "INSERT INTO public.ha_writes (client) VALUES (-1)")
+            .unwrap();
+        let start = Instant::now();
+        while sb
+            .psql(
+                "app",
+                "SELECT count(*) FROM public.ha_writes WHERE client = -1",
+            )
+            .unwrap()
+            .trim()
+            != "1"
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the standby does not replay"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    tokio::task::block_in_place(|| sb.psql("postgres", "SELECT pg_wal_replay_pause()")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| {
+        pg.psql("app", "INSERT INTO public.ha_writes (client) VALUES (0)")
+    })
+    .unwrap();
+    // The same client's next transactions move to the primary, without an error.
+    let start = Instant::now();
+    loop {
+        let port = scalar(&ro, "SELECT inet_server_port()").await;
+        if port == pp.to_string() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "read-only work stayed on a standby past max_replica_lag"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "lagging standby left {:.2}s after the first write it did not replay",
+        start.elapsed().as_secs_f64()
+    );
+    // New clients too: the lagging standby is not even a fallback.
+    let fresh = h.connect("app_user", "ro").await;
+    assert_eq!(
+        scalar(&fresh, "SELECT inet_server_port()").await,
+        pp.to_string()
+    );
+    tokio::task::block_in_place(|| sb.psql("postgres", "SELECT pg_wal_replay_resume()")).unwrap();
 }

@@ -193,6 +193,9 @@ pub struct RawDatabase {
     /// Default `max_client_connections` of its tenants.
     #[serde(default)]
     pub tenant_max_client_connections: Option<usize>,
+    /// Standbys whose replay is further behind than this are not used (read routing).
+    #[serde(default)]
+    pub max_replica_lag: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -490,6 +493,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
                 ));
             }
             upstream.baseline_role = Some(r.clone());
+        }
+        if let Some(l) = &d.max_replica_lag {
+            upstream.max_replica_lag =
+                Some(dur(&key("max_replica_lag"), l)?).filter(|d| !d.is_zero());
         }
         let role_check = match d.role_check.as_deref() {
             None | Some("warn") => RoleCheck::Warn,

@@ -142,6 +142,9 @@ pub struct Upstream {
     /// libpq's `connect_timeout`: the bound of one host's attempt (else the pool's
     /// `connect_timeout`).
     pub host_connect_timeout: Option<Duration>,
+    /// The database's `max_replica_lag`: a standby whose replay is further behind is not
+    /// used (not even as a fallback), and connections to one that falls behind are left.
+    pub max_replica_lag: Option<Duration>,
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
@@ -190,6 +193,7 @@ impl Upstream {
             target_session_attrs: TargetSessionAttrs::Any,
             load_balance: false,
             host_connect_timeout: None,
+            max_replica_lag: None,
             user: String::new(),
             password: None,
             dbname: String::new(),

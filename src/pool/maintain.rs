@@ -2,7 +2,8 @@
 //! or `server_lifetime` (keeping `min_size`), drop dead ones, open connections up to
 //! `min_size`, and prove the upstream alive for `/ready`: a completed transaction proves it;
 //! when nothing did for `PROBE_AFTER`, a `SELECT 1` probe with `ready_probe_timeout` does.
-//! It also closes the `SHOW STATS_AVERAGES` window when `stats_period` has passed.
+//! It also closes the `SHOW STATS_AVERAGES` window when `stats_period` has passed, and
+//! leaves standbys whose replay falls behind `max_replica_lag`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub fn spawn(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {
             }
             pool.roll_averages(Instant::now());
             run_once(&pool).await;
+            pool.check_replica_lag().await;
         }
     })
 }

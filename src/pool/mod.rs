@@ -429,6 +429,50 @@ impl Pool {
         drop(permit);
     }
 
+    /// `max_replica_lag`: check each standby host the pool has an idle connection to (one
+    /// query on one of them, bounded by `ready_probe_timeout`) and leave the hosts whose replay
+    /// is too far behind; new connections then go to a standby that keeps up, else the
+    /// primary. Called by the maintenance task.
+    pub async fn check_replica_lag(self: &Arc<Self>) {
+        let Some(max) = self.db.upstream.max_replica_lag else {
+            return;
+        };
+        let mut hosts: Vec<Arc<crate::config::Host>> = Vec::new();
+        self.with_idle(|idle| {
+            for c in idle.iter() {
+                if c.info.standby.load(Ordering::Relaxed) && !hosts.contains(&c.info.peer) {
+                    hosts.push(c.info.peer.clone());
+                }
+            }
+        });
+        for host in hosts {
+            let Some(permit) = self.own_permit() else {
+                return; // every connection is in use
+            };
+            let taken = self.with_idle(|idle| {
+                let i = idle.iter().position(|c| c.info.peer == host)?;
+                Some(idle.swap_remove(i))
+            });
+            let Some(mut conn) = taken else { continue };
+            self.stats.idle.fetch_sub(1, Ordering::Relaxed);
+            let limit = self.db.pool.ready_probe_timeout;
+            let lag = tokio::time::timeout(limit, crate::server::connect::replay_lag(&mut conn))
+                .await
+                .ok()
+                .flatten();
+            match lag {
+                Some(l) if l <= max => self.put_idle(conn, Instant::now()),
+                lag => {
+                    self.stats.closed_total.fetch_add(1, Ordering::Relaxed);
+                    let lag = lag.map_or("unknown".into(), |l| format!("{:.1}s", l.as_secs_f64()));
+                    tracing::warn!(pool = %self.label(), %host, %lag, max = ?max, "standby too far behind (max_replica_lag): closing its connections");
+                    self.leave_host_quietly(&host);
+                }
+            }
+            drop(permit);
+        }
+    }
+
     pub fn mark_ok(&self) {
         self.last_ok_ms.store(now_ms(), Ordering::Relaxed);
     }
@@ -518,6 +562,10 @@ impl Pool {
     /// Close the connections to `host`: idle ones now, the others when returned.
     pub fn leave_host(&self, host: &crate::config::Host) {
         tracing::warn!(pool = %self.label(), %host, "the server is no longer a primary (in_hot_standby or default_transaction_read_only is on): closing its connections; new ones go to the host that is");
+        self.leave_host_quietly(host);
+    }
+
+    fn leave_host_quietly(&self, host: &crate::config::Host) {
         for i in self.servers.live() {
             if *i.peer == *host {
                 i.retired.store(true, Ordering::Relaxed);

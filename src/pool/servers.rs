@@ -29,6 +29,9 @@ pub struct ServerInfo {
     /// The pool's generation when it was opened: older ones are closed at checkin
     /// (`RECONNECT`).
     pub generation: AtomicU64,
+    /// Its server said it is a standby when it was opened (a pool with a
+    /// `target_session_attrs` other than `any` asks).
+    pub standby: std::sync::atomic::AtomicBool,
     /// Its host stopped being of the kind the pool needs (a demoted primary): it is closed
     /// instead of reused.
     pub retired: std::sync::atomic::AtomicBool,
@@ -57,6 +60,7 @@ impl ServerInfo {
             tls,
             generation: AtomicU64::new(0),
             retired: Default::default(),
+            standby: Default::default(),
             link: AtomicU64::new(0),
             checked_out_us: AtomicU64::new(0),
             prepared: AtomicU32::new(0),

@@ -110,7 +110,27 @@ pub async fn connect(
             if target == TargetSessionAttrs::Any {
                 return Ok(c);
             }
-            match kind(&mut c).await {
+            let kind = kind(&mut c).await;
+            if let Some(k) = kind {
+                c.info
+                    .standby
+                    .store(k.standby, std::sync::atomic::Ordering::Relaxed);
+            }
+            // A standby too far behind is not used at all, not even as a fallback.
+            if let (Some(k), Some(max)) = (kind, up.max_replica_lag) {
+                if k.standby {
+                    match replay_lag(&mut c).await {
+                        Some(lag) if lag <= max => {}
+                        lag => {
+                            let lag = lag
+                                .map_or("unknown".into(), |l| format!("{:.1}s", l.as_secs_f64()));
+                            seen.push(format!("{host}: standby {lag} behind (max_replica_lag)"));
+                            continue;
+                        }
+                    }
+                }
+            }
+            match kind {
                 Some(k) if k.suits(target, true) => return Ok(c),
                 Some(k) if k.suits(target, false) && fallback.is_none() => fallback = Some(c),
                 Some(k) => seen.push(format!(
@@ -160,6 +180,29 @@ pub async fn kind(c: &mut ServerConn) -> Option<ServerKind> {
         standby: row.first()?.as_deref() == Some("true"),
         read_only: row.get(1)?.as_deref() == Some("on"),
     })
+}
+
+/// How far a standby's replay is behind: 0 when it has replayed all it received, else the
+/// age of the last transaction it replayed, confirmed 100 ms later (a standby that just
+/// received WAL after a quiet period replays it at once, and would otherwise look as far
+/// behind as the quiet period was long). `None`: unknown — the query failed, or WAL is
+/// waiting and no transaction was replayed yet — which callers treat as too far behind.
+pub async fn replay_lag(c: &mut ServerConn) -> Option<Duration> {
+    let sql = b"SELECT CASE WHEN pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() THEN 0 \
+        ELSE EXTRACT(EPOCH FROM now() - pg_catalog.pg_last_xact_replay_timestamp()) END::float8::text";
+    let mut lag = Duration::ZERO;
+    for attempt in 0..2 {
+        if attempt == 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let row = super::query::first_row(c, sql).await.ok()?.ok()?;
+        let secs: f64 = row.first()?.as_deref()?.parse().ok()?;
+        lag = Duration::from_secs_f64(secs.max(0.0));
+        if lag.is_zero() {
+            break;
+        }
+    }
+    Some(lag)
 }
 
 /// One attempt at one address of `host`.
