@@ -13,13 +13,17 @@
 //! Targets (docs/benchmarks.md): with the defaults B keeps at least 50 % of its solo TPS and
 //! its p99 stays under 60 ms.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgward::pgctl::{PgOptions, TempPostgres};
+
+#[allow(dead_code)]
+#[path = "../tests/common/pgbouncer.rs"]
+mod pgbouncer;
+use pgbouncer::PgBouncer;
 
 const POOL: usize = 4;
 const A_CLIENTS: usize = 60;
@@ -54,12 +58,7 @@ struct Result {
     a_tps: f64,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use pgbouncer::free_port;
 
 fn wait_port(port: u16) {
     let start = Instant::now();
@@ -134,63 +133,14 @@ fn start_pgward(dir: &Path, pg_port: u16, s: Scenario) -> (Proc, u16) {
     (Proc(child), port)
 }
 
-fn pgbouncer_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("PGBOUNCER") {
-        return Some(PathBuf::from(p));
-    }
-    let on_path = Command::new("sh")
-        .args(["-c", "command -v pgbouncer"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
-    on_path
-        .map(PathBuf::from)
-        .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")))
-        .filter(|p| p.exists())
-}
-
-fn start_pgbouncer(bin: &Path, dir: &Path, pg_port: u16) -> (Proc, u16) {
-    let port = free_port();
-    let d = dir.join("pgbouncer");
-    std::fs::create_dir_all(&d).unwrap();
+fn start_pgbouncer(bin: &Path, pg_port: u16) -> PgBouncer {
     // Both client users share one pool: the database forces the server user.
-    let ini = format!(
-        "[databases]\napp = host=127.0.0.1 port={pg_port} dbname=app user=pgward password={PASSWORD} pool_size={POOL}\n\n\
-         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = any\n\
-         pool_mode = transaction\nmax_client_conn = 1000\nlogfile = {log}\n",
-        log = d.join("pgbouncer.log").display()
-    );
-    std::fs::write(d.join("pgbouncer.ini"), ini).unwrap();
-    let mut cmd = Command::new(bin);
-    let id = |flag: &str| -> Option<u32> {
-        let o = Command::new("id").args([flag, "postgres"]).output().ok()?;
-        String::from_utf8(o.stdout).ok()?.trim().parse().ok()
-    };
-    // PgBouncer refuses to run as root: run it as postgres.
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if let (true, Some(uid), Some(gid)) = (root, id("-u"), id("-g")) {
-        use std::os::unix::process::CommandExt;
-        Command::new("chown")
-            .arg("-R")
-            .arg(format!("{uid}:{gid}"))
-            .arg(&d)
-            .status()
-            .expect("chown");
-        cmd.uid(uid).gid(gid);
-    }
-    let child = cmd
-        .arg(d.join("pgbouncer.ini"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pgbouncer");
-    wait_port(port);
-    (Proc(child), port)
+    PgBouncer::start(
+        bin,
+        &format!("app = host=127.0.0.1 port={pg_port} dbname=app user=pgward password={PASSWORD} pool_size={POOL}"),
+        "auth_type = any\npool_mode = transaction\nmax_client_conn = 1000",
+        &[],
+    )
 }
 
 async fn client(port: u16, user: &str, db: &str) -> tokio_postgres::Client {
@@ -302,7 +252,7 @@ fn main() {
     .expect("fixture");
     let dir = std::env::temp_dir().join(format!("pgward-noisy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let pgbouncer = pgbouncer_bin();
+    let pgbouncer = pgbouncer::binary();
     let mut scenarios = vec![
         Scenario::Alone,
         Scenario::Fifo,
@@ -321,11 +271,16 @@ fn main() {
     let mut results: Vec<Vec<Result>> = scenarios.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for (i, &s) in scenarios.iter().enumerate() {
-            let (_proc, port) = match s {
+            let (_proc, port): (Box<dyn std::any::Any>, u16) = match s {
                 Scenario::PgBouncer => {
-                    start_pgbouncer(pgbouncer.as_deref().unwrap(), &dir, pg.port())
+                    let b = start_pgbouncer(pgbouncer.as_deref().unwrap(), pg.port());
+                    let port = b.port;
+                    (Box::new(b), port)
                 }
-                _ => start_pgward(&dir, pg.port(), s),
+                _ => {
+                    let (p, port) = start_pgward(&dir, pg.port(), s);
+                    (Box::new(p), port)
+                }
             };
             let r = rt.block_on(run(port, s, seconds));
             eprintln!(

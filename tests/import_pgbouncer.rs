@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -226,13 +225,6 @@ fn unreadable_or_bad_input_is_a_clear_error() {
 
 // ---- round trip ------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn wait_port(port: u16, what: &str) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -305,7 +297,7 @@ async fn round_trip_pgbouncer_then_pgward_same_clients() {
     };
     let pg = tokio::task::spawn_blocking(common::start_pg).await.unwrap();
     let dir = temp_dir("roundtrip");
-    let port = free_port();
+    let port = common::pgbouncer::free_port();
     std::fs::write(
         dir.join("userlist.txt"),
         format!(

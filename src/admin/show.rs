@@ -134,7 +134,7 @@ pub fn pool_figures(shared: &Shared) -> Vec<PoolFigures> {
                 size: p.db.pool.size,
                 avg_wait_us: {
                     let (delta, secs) = p.averages.lock().unwrap_or_else(|e| e.into_inner()).last;
-                    delta.averages(secs).wait_time
+                    delta.averages(secs).wait_time()
                 },
             }
         })

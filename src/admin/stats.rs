@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::{s, Table};
-use crate::pool::averages::Totals;
+use crate::pool::averages::{Totals, NAMES};
 use crate::proxy::Shared;
 
 /// Per database: cumulative totals, and the difference over the last window with its length.
@@ -21,36 +21,6 @@ fn per_database(shared: &Shared) -> BTreeMap<String, (Totals, Totals, f64)> {
     }
     m
 }
-
-fn values(t: &Totals) -> [u64; 11] {
-    [
-        t.server_assignment_count,
-        t.xact_count,
-        t.query_count,
-        t.bytes_received,
-        t.bytes_sent,
-        t.xact_time,
-        t.query_time,
-        t.wait_time,
-        t.client_parse_count,
-        t.server_parse_count,
-        t.bind_count,
-    ]
-}
-
-const NAMES: [&str; 11] = [
-    "server_assignment_count",
-    "xact_count",
-    "query_count",
-    "bytes_received",
-    "bytes_sent",
-    "xact_time",
-    "query_time",
-    "wait_time",
-    "client_parse_count",
-    "server_parse_count",
-    "bind_count",
-];
 
 pub fn stats(shared: &Shared) -> Table {
     let mut t = Table::new(
@@ -83,50 +53,33 @@ pub fn stats(shared: &Shared) -> Table {
     );
     for (db, (total, delta, secs)) in per_database(shared) {
         let mut row = vec![s(db)];
-        row.extend(values(&total).map(s));
-        row.extend(values(&delta.averages(secs)).map(s));
+        row.extend(total.0.map(s));
+        row.extend(delta.averages(secs).0.map(s));
         t.row(row);
     }
     t
 }
 
 fn one_per_database(shared: &Shared, averages: bool) -> Table {
-    let mut t = Table::new(
-        "sNNNNNNNNNNN",
-        &[
-            "database",
-            "server_assignment_count",
-            "xact_count",
-            "query_count",
-            "bytes_received",
-            "bytes_sent",
-            "xact_time",
-            "query_time",
-            "wait_time",
-            if averages {
-                "avg_client_parse_count"
-            } else {
-                "client_parse_count"
-            },
-            if averages {
-                "avg_server_parse_count"
-            } else {
-                "server_parse_count"
-            },
-            if averages {
-                "avg_bind_count"
-            } else {
-                "bind_count"
-            },
-        ],
-    );
+    // PgBouncer prefixes only the last three figures with `avg_` in STATS_AVERAGES.
+    const AVG_LAST: [&str; 3] = [
+        "avg_client_parse_count",
+        "avg_server_parse_count",
+        "avg_bind_count",
+    ];
+    let mut names = vec!["database"];
+    names.extend(NAMES.iter().enumerate().map(|(i, n)| match i {
+        8.. if averages => AVG_LAST[i - 8],
+        _ => *n,
+    }));
+    let mut t = Table::new("sNNNNNNNNNNN", &names);
     for (db, (total, delta, secs)) in per_database(shared) {
         let v = match averages {
             true => delta.averages(secs),
             false => total,
         };
         let mut row = vec![s(db)];
-        row.extend(values(&v).map(s));
+        row.extend(v.0.map(s));
         t.row(row);
     }
     t
@@ -150,7 +103,7 @@ pub fn grand_totals(shared: &Shared) -> Table {
         secs = secs.max(w);
     }
     for (prefix, v) in [("total_", total), ("avg_", delta.averages(secs))] {
-        for (name, n) in NAMES.iter().zip(values(&v)) {
+        for (name, n) in NAMES.iter().zip(v.0) {
             t.row(vec![s(format!("{prefix}{name}")), s(n)]);
         }
     }

@@ -527,12 +527,20 @@ impl Pool {
     /// Close idle connections and refuse new checkouts (shutdown, or a replaced pool).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let drained: Vec<ServerConn> =
-            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        self.stats.idle.fetch_sub(drained.len(), Ordering::Relaxed);
+        self.close_idle(|_| true);
+    }
+
+    /// Close the idle connections `which` selects (dropped after the lock is released).
+    fn close_idle(&self, which: impl Fn(&ServerConn) -> bool) {
+        let closed: Vec<ServerConn> = self.with_idle(|idle| {
+            let (gone, kept) = std::mem::take(idle).into_iter().partition(|c| which(c));
+            *idle = kept;
+            gone
+        });
+        self.stats.idle.fetch_sub(closed.len(), Ordering::Relaxed);
         self.stats
             .closed_total
-            .fetch_add(drained.len() as u64, Ordering::Relaxed);
+            .fetch_add(closed.len() as u64, Ordering::Relaxed);
     }
 
     /// Neither past `server_lifetime`, nor opened before the last `RECONNECT`, nor on a host
@@ -571,15 +579,7 @@ impl Pool {
                 i.retired.store(true, Ordering::Relaxed);
             }
         }
-        let closed = self.with_idle(|idle| {
-            let before = idle.len();
-            idle.retain(|c| *c.info.peer != *host);
-            before - idle.len()
-        });
-        self.stats.idle.fetch_sub(closed, Ordering::Relaxed);
-        self.stats
-            .closed_total
-            .fetch_add(closed as u64, Ordering::Relaxed);
+        self.close_idle(|c| *c.info.peer == *host);
     }
 
     /// The host of the newest connection, for `SHOW DATABASES` and `/metrics`.
@@ -607,12 +607,7 @@ impl Pool {
     /// `RECONNECT`: close the idle connections now and the others when they are returned.
     pub fn reconnect(&self) {
         self.generation.fetch_add(1, Ordering::Relaxed);
-        let drained: Vec<ServerConn> =
-            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        self.stats.idle.fetch_sub(drained.len(), Ordering::Relaxed);
-        self.stats
-            .closed_total
-            .fetch_add(drained.len() as u64, Ordering::Relaxed);
+        self.close_idle(|_| true);
     }
 
     /// Server connections that are to close (`WAIT_CLOSE`): opened before the last

@@ -26,7 +26,8 @@ impl Drop for PgBouncer {
     }
 }
 
-fn binary() -> Option<PathBuf> {
+/// The binary: `PGBOUNCER`, else `pgbouncer` on PATH, else /usr/sbin/pgbouncer.
+pub fn binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PGBOUNCER") {
         return Some(PathBuf::from(p));
     }
@@ -57,7 +58,8 @@ pub fn require() -> Option<PathBuf> {
     }
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
