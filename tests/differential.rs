@@ -119,8 +119,8 @@ async fn differential_message_sequences_keep_t1_and_match_postgresql() {
             }
             Verdict::Invalid => invalid += 1,
             Verdict::Documented(why) => *documented.entry(why).or_default() += 1,
-            Verdict::Differs(_) => {
-                failure = Some((s, ops));
+            Verdict::Differs(why) => {
+                failure = Some((s, ops, why));
                 break;
             }
         }
@@ -139,11 +139,11 @@ async fn differential_message_sequences_keep_t1_and_match_postgresql() {
         elapsed.as_secs_f64(),
         ran as f64 / elapsed.as_secs_f64()
     );
-    if let Some((s, ops)) = failure {
+    if let Some((s, ops, first)) = failure {
         let (small, why) = env.shrink(ops.clone(), Duration::from_secs(90)).await;
         panic!(
             "sequence with seed {s} differs (PGWARD_DIFF_SEED={s} PGWARD_DIFF_SEQUENCES=1 reproduces it)\n\
-             minimal sequence ({} of {} steps):\n{}\n{why}",
+             minimal sequence ({} of {} steps):\n{}\n{why}\nfirst run:\n{first}",
             small.len(),
             ops.len(),
             describe(&small)

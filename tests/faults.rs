@@ -1,7 +1,8 @@
 //! Every wait bounded, every failure reported once and as PostgreSQL would: a frozen server
 //! (SIGSTOP of its processes) with query_timeout and the readiness probe firing, a client idle
 //! in a transaction, PostgreSQL down (attempts bounded by server_login_retry), the refusals
-//! psql reads, one FATAL when the server connection dies, a Terminate before the startup
+//! psql reads, a transaction cut by a lost server connection answered like a failed one (the
+//! client stays; one FATAL in session mode), a Terminate before the startup
 //! packet, silent sockets that do not keep clients out, and the ParameterStatus values a
 //! direct connection reports.
 
@@ -257,10 +258,303 @@ async fn refusals_read_as_postgresql_would_and_silent_sockets_keep_nobody_out() 
     drop((a, b, silent));
 }
 
+/// Where a scripted sequence loses its server connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    No,
+    /// Idle in the transaction: the backend is terminated before this step is sent.
+    Before,
+    /// While this step's statement runs (the proxied one sleeps, the oracle's fails).
+    During,
+}
+
+/// One step: what is sent through pgward, what is sent directly to PostgreSQL (the oracle:
+/// the lost server replaced by a statement that fails there), and where the cut is.
+struct Step {
+    proxied: Vec<Vec<u8>>,
+    direct: Vec<Vec<u8>>,
+    cut: Cut,
+}
+
+fn same(msgs: Vec<Vec<u8>>) -> Step {
+    Step {
+        proxied: msgs.clone(),
+        direct: msgs,
+        cut: Cut::No,
+    }
+}
+
+fn extended(sql: &str) -> Vec<Vec<u8>> {
+    vec![
+        fe::parse("", sql),
+        fe::bind("", ""),
+        fe::describe(b'P', ""),
+        fe::execute("", 0),
+        fe::sync(),
+    ]
+}
+
+/// Runs until pgward's server is terminated; the oracle's is canceled by its
+/// statement_timeout at the same point (after its RowDescription).
+const RUNS: &str = "SELECT pg_sleep(5)";
+
+const PROBE: &str =
+    "SELECT current_setting('app.tenant_id'), current_user, current_setting('search_path')";
+
+/// Send each step, kill pgward's backend at the cut, and return every answer in a
+/// comparable form (ParameterStatus and notices left out).
+async fn transcript(
+    w: &mut Wire,
+    steps: &[Step],
+    proxied: bool,
+    killer: Option<&tokio_postgres::Client>,
+) -> Vec<String> {
+    const KILL: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'pgward' AND backend_type = 'client backend' AND pid <> pg_backend_pid()";
+    let mut out = Vec::new();
+    for step in steps {
+        let msgs = if proxied { &step.proxied } else { &step.direct };
+        if proxied && step.cut == Cut::Before {
+            killer.unwrap().simple_query(KILL).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        w.send(&msgs.concat()).await.unwrap();
+        if proxied && step.cut == Cut::During {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            killer.unwrap().simple_query(KILL).await.unwrap();
+        }
+        let mut owed = msgs.iter().filter(|m| matches!(m[0], b'Q' | b'S')).count();
+        while owed > 0 {
+            match w.read(Duration::from_secs(10)).await {
+                Read::Msg(b'S' | b'N', _) => {}
+                Read::Msg(b'Z', b) => {
+                    owed -= 1;
+                    out.push(format!("Z{}", b[0] as char));
+                }
+                Read::Msg(b'E', b) => {
+                    let f = common::wire::fields(&b);
+                    let get = |c: u8| {
+                        f.iter()
+                            .find(|(k, _)| *k == c)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    out.push(format!("E{} {}", get(b'V'), get(b'C')));
+                }
+                Read::Msg(b'C', b) => {
+                    out.push(format!("C{}", String::from_utf8_lossy(&b[..b.len() - 1])))
+                }
+                Read::Msg(b'D', b) => out.push(format!("D{:?}", common::wire::data_row(&b))),
+                Read::Msg(t, _) => out.push((t as char).to_string()),
+                Read::Eof => panic!("connection closed; so far {out:?}"),
+                Read::Timeout => panic!("no answer; so far {out:?}"),
+            }
+        }
+        out.push("|".into());
+    }
+    out
+}
+
+/// A transaction-mode client whose server connection dies mid-transaction stays connected:
+/// it is told once and then answered as PostgreSQL answers a failed transaction; its next
+/// transaction runs on a new server connection with its tenant context (T1). Each sequence is
+/// compared with what PostgreSQL itself answers when the same step fails, the first error's
+/// SQLSTATE aside (the server's 57P01 through pgward).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_fatal_when_the_server_connection_dies() {
+async fn a_transaction_cut_by_a_lost_server_is_answered_like_a_failed_one() {
     let h = Harness::start(Opts {
         size: 1,
+        extra: TENANTS.to_string(),
+        ..Opts::default()
+    })
+    .await;
+    let q = |s: &str| vec![fe::query(s)];
+    let cut = |cut: Cut, proxied: Vec<Vec<u8>>, direct: Vec<Vec<u8>>| Step {
+        proxied,
+        direct,
+        cut,
+    };
+    let scripts: Vec<(&str, Vec<Step>)> = vec![
+        (
+            "idle in a block, then statements, then COMMIT",
+            vec![
+                same(q("BEGIN")),
+                cut(Cut::Before, q("SELECT 2"), q("SELECT 1/0")),
+                same(q("SELECT 3")),
+                same(q("COMMIT")),
+                same(q(PROBE)),
+            ],
+        ),
+        (
+            "a statement running in a block, pipelined with another",
+            vec![
+                same(q("BEGIN")),
+                cut(
+                    Cut::During,
+                    [fe::query(RUNS), fe::query("SELECT 3")].to_vec(),
+                    [fe::query(RUNS), fe::query("SELECT 3")].to_vec(),
+                ),
+                same(q("SELECT 4")),
+                same(q("ROLLBACK")),
+                same(q(PROBE)),
+            ],
+        ),
+        (
+            "an autocommit statement running",
+            vec![cut(Cut::During, q(RUNS), q(RUNS)), same(q(PROBE))],
+        ),
+        (
+            "extended protocol, idle in a block, then COMMIT by extended protocol",
+            vec![
+                same(q("BEGIN")),
+                cut(
+                    Cut::Before,
+                    extended("SELECT 2"),
+                    extended("SELECT * FROM no_such_table"),
+                ),
+                same(extended("SELECT 3")),
+                same(extended("COMMIT")),
+                same(extended(PROBE)),
+            ],
+        ),
+        (
+            "extended protocol, a statement running outside a block",
+            vec![
+                cut(Cut::During, extended(RUNS), extended(RUNS)),
+                same(extended(PROBE)),
+            ],
+        ),
+        (
+            "a COMMIT running: no block is left after it",
+            vec![
+                same(q("BEGIN")),
+                same(q("INSERT INTO slow_commit VALUES (1)")),
+                cut(Cut::During, q("COMMIT"), q("COMMIT")),
+                same(q(PROBE)),
+            ],
+        ),
+        (
+            "an extended-protocol COMMIT running",
+            vec![
+                same(q("BEGIN")),
+                same(q("INSERT INTO slow_commit VALUES (1)")),
+                cut(Cut::During, extended("COMMIT"), extended("COMMIT")),
+                same(extended(PROBE)),
+            ],
+        ),
+        (
+            "idle in a block, then ROLLBACK",
+            vec![
+                same(q("BEGIN")),
+                cut(Cut::Before, q("ROLLBACK"), q("ROLLBACK")),
+                same(q(PROBE)),
+            ],
+        ),
+    ];
+    let killer = h.connect_direct().await;
+    // A COMMIT that takes time (so the loss can cut it) through pgward, and fails in the oracle.
+    killer
+        .batch_execute(
+            "CREATE TABLE public.slow_commit (x int);
+             CREATE FUNCTION public.at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF current_setting('app.commit_fails', true) = 'yes' THEN
+                 RAISE EXCEPTION 'commit fails' USING ERRCODE = '40001';
+               END IF;
+               PERFORM pg_sleep(5);
+               RETURN NULL;
+             END $$;
+             CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON public.slow_commit
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.at_commit();
+             GRANT ALL ON public.slow_commit TO tenant_globex;",
+        )
+        .await
+        .unwrap();
+    for (name, steps) in &scripts {
+        let mut direct = Wire::unix(h.pg.socket_dir(), h.pg.port(), "pgward", "app")
+            .await
+            .unwrap();
+        for sql in [
+            "SET ROLE tenant_globex",
+            "SET app.tenant_id = 'globex'",
+            "SET search_path = globex, public",
+            "SET statement_timeout = '300ms'",
+            "SET app.commit_fails = 'yes'",
+        ] {
+            transcript(&mut direct, &[same(q(sql))], false, None).await;
+        }
+        let mut expected = transcript(&mut direct, steps, false, None).await;
+        drop(direct);
+        let mut w = Wire::tcp(h.port(), "app_user", "globex", PASSWORD)
+            .await
+            .unwrap();
+        let mut got = transcript(&mut w, steps, true, Some(&killer)).await;
+        // The one error that tells the client is pgward's (the server's SQLSTATE, as ERROR);
+        // a ROLLBACK needs no telling.
+        if let Some(oracle_first) = expected.iter().position(|m| m.starts_with('E')) {
+            let first = got
+                .iter()
+                .position(|m| m.starts_with('E'))
+                .unwrap_or_else(|| panic!("{name}: the client was not told: {got:?}"));
+            assert_eq!(got[first], "EERROR 57P01", "{name}: {got:?}");
+            got[first] = "E*".into();
+            expected[oracle_first] = "E*".into();
+        }
+        assert_eq!(got, expected, "{name}");
+        assert!(
+            got.iter()
+                .filter(|m| m.starts_with('E') && m.ends_with("57P01"))
+                .count()
+                == 0,
+            "{name}: told once: {got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|m| m.contains("globex") && m.contains("tenant_globex")),
+            "{name}: the next transaction has the tenant's context: {got:?}"
+        );
+    }
+
+    // A COMMIT sent before the client heard of the loss fails; nothing was committed.
+    let mut w = Wire::tcp(h.port(), "app_user", "globex", PASSWORD)
+        .await
+        .unwrap();
+    let got = transcript(
+        &mut w,
+        &[
+            same(q("BEGIN")),
+            same(q("INSERT INTO items VALUES (100, 'lost')")),
+            cut(Cut::Before, q("COMMIT"), vec![]),
+            same(q("SELECT count(*) FROM items WHERE id = 100")),
+        ],
+        true,
+        Some(&killer),
+    )
+    .await;
+    let want = [
+        "CBEGIN",
+        "ZT",
+        "|",
+        "CINSERT 0 1",
+        "ZT",
+        "|",
+        "EERROR 57P01",
+        "ZI",
+        "|",
+        "T",
+        "D[Some(\"0\")]",
+        "CSELECT 1",
+        "ZI",
+        "|",
+    ];
+    assert_eq!(got, want, "COMMIT of a lost transaction");
+}
+
+/// A session-mode client's session died with its server: one FATAL, PostgreSQL's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fatal_when_a_session_mode_server_connection_dies() {
+    let h = Harness::start(Opts {
+        size: 1,
+        mode: "session",
         ..Opts::default()
     })
     .await;

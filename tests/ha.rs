@@ -1,8 +1,9 @@
 //! High availability with a real primary and a streaming standby built by the test
 //! (`pg_basebackup -R`, src/pgctl.rs): `target_session_attrs` picks the server, a failover
 //! (primary stopped, standby promoted) and a switchover (primary made read-only, standby
-//! promoted) are followed, and what a client sees is measured: in a switchover no client
-//! reconnects; in a failover only a client whose transaction was in flight does.
+//! promoted) are followed, and what a client sees is measured: no client reconnects; a
+//! client whose transaction the failover cut gets one error, then ROLLBACK and its next
+//! transaction work.
 
 mod common;
 
@@ -157,7 +158,7 @@ struct Writer {
     client: tokio_postgres::Client,
 }
 
-/// Writers through `rw`: each loops INSERTs until `stop`; a connection pgward closed is
+/// Writers through `rw`: each loops transactions (BEGIN, INSERT, COMMIT) until `stop`; a connection pgward closed is
 /// opened again (counted).
 fn writers(
     h: &Harness,
@@ -186,13 +187,27 @@ fn writers(
                             }
                         }
                     }
-                    let sql = format!("INSERT INTO public.ha_writes (client) VALUES ({i})");
-                    // Bounded: a hang is a failure, not a wait.
-                    let r =
-                        tokio::time::timeout(Duration::from_secs(10), w.client.simple_query(&sql))
-                            .await
-                            .expect("a statement hung during the failover");
-                    w.log.push((Instant::now(), r.err().map(|e| sqlstate(&e))));
+                    // One transaction of three statements, so that failovers cut some in
+                    // the middle; after an error the client rolls back, as an app would.
+                    let insert = format!("INSERT INTO public.ha_writes (client) VALUES ({i})");
+                    let mut outcome = None;
+                    for sql in ["BEGIN", insert.as_str(), "COMMIT"] {
+                        // Bounded: a hang is a failure, not a wait.
+                        let r = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            w.client.simple_query(sql),
+                        )
+                        .await
+                        .expect("a statement hung during the failover");
+                        if let Err(e) = r {
+                            outcome = Some(sqlstate(&e));
+                            if sql != "COMMIT" && !w.client.is_closed() {
+                                let _ = w.client.simple_query("ROLLBACK").await;
+                            }
+                            break;
+                        }
+                    }
+                    w.log.push((Instant::now(), outcome));
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 w
@@ -211,6 +226,12 @@ async fn failover_is_followed() {
     let h = start(primary, &[pp, sp], "server_login_retry = \"250ms\"").await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks = writers(&h, 4, stop.clone());
+    // And a client inside a transaction across the failover.
+    let open = h.connect("app_user", "rw").await;
+    open.simple_query("BEGIN").await.unwrap();
+    open.simple_query("INSERT INTO public.ha_writes (client) VALUES (99)")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Failover: the primary dies, the standby is promoted.
@@ -231,13 +252,8 @@ async fn failover_is_followed() {
     let mut back_after = Duration::ZERO;
     for t in tasks {
         let w = t.await.unwrap();
-        // Only a transaction in flight when the primary died costs its client the connection
-        // (pgward does not yet keep a client whose server connection died mid-transaction).
-        assert!(
-            w.reconnects <= 1,
-            "a client had to reconnect {} times",
-            w.reconnects
-        );
+        // Even a client whose transaction was cut keeps its connection.
+        assert_eq!(w.reconnects, 0, "a client had to reconnect");
         reconnects += w.reconnects;
         let errors: Vec<&String> = w.log.iter().filter_map(|(_, e)| e.as_ref()).collect();
         failed += errors.len();
@@ -268,7 +284,7 @@ async fn failover_is_followed() {
         .psql("app", "SELECT count(*) FROM public.ha_writes")
         .unwrap();
     eprintln!(
-        "failover: primary stopped, standby promoted {:.2}s later; writes again {:.2}s after the promotion; {failed} failed statements, {reconnects} reconnects over 4 clients; {} rows on the new primary",
+        "failover: primary stopped, standby promoted {:.2}s later; writes again {:.2}s after the promotion; {failed} failed transactions, {reconnects} reconnects over 4 clients; {} rows on the new primary",
         promoted.duration_since(stopped).as_secs_f64(),
         back_after.as_secs_f64(),
         rows.trim()
@@ -277,6 +293,24 @@ async fn failover_is_followed() {
         back_after <= Duration::from_secs(2),
         "writes resumed {back_after:?} after the promotion (target: 2 s)"
     );
+    // The cut transaction: one error, then it is answered as failed until it ends, and the
+    // same connection works on the new primary.
+    let e = open
+        .simple_query("INSERT INTO public.ha_writes (client) VALUES (99)")
+        .await
+        .unwrap_err();
+    assert!(
+        ["08006", "57P01"].contains(&sqlstate(&e).as_str()),
+        "the cut transaction's error: {e}"
+    );
+    let e = open.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02", "still the failed transaction");
+    open.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(
+        scalar(&open, "SELECT inet_server_port()").await,
+        sp.to_string()
+    );
+    assert!(!open.is_closed());
     let c = h.connect("app_user", "rw").await;
     assert_eq!(
         scalar(&c, "SELECT inet_server_port()").await,

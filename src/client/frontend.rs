@@ -109,6 +109,9 @@ impl Session {
 
     fn handle_message(&mut self, tag: u8, frame: &[u8]) -> Result<Step, PgError> {
         tracing::trace!(tag = %(tag as char), len = frame.len(), "client message");
+        if self.lost.is_some() {
+            return self.on_lost(tag, frame);
+        }
         let body = &frame[5..];
         if self.txn.drops_until_sync() && !matches!(tag, b'S' | b'X') {
             // PostgreSQL skips it (after an error, up to Sync): no answer, no effect.
@@ -307,6 +310,8 @@ impl Session {
                 if let Some(u) = self.pending.back_mut() {
                     if a.statements == 1 {
                         u.guess = crate::metrics::Command::of_sql(sql);
+                        u.ends =
+                            Effect::of(a.flags) == Effect::End && !a.flags.contains(Flags::NON_TXN);
                     }
                     if self.observe.is_some() {
                         u.text = Some(QueryText::Raw(bytes::Bytes::copy_from_slice(sql)));
@@ -492,6 +497,9 @@ impl Session {
         }
         let effect = self.txn.portal_effect(portal);
         self.forward(frame, Kind::Execute, Msg::Execute(effect));
+        if let Some(u) = self.pending.back_mut() {
+            u.ends = effect == Effect::End;
+        }
         Ok(Step::Next)
     }
 

@@ -12,6 +12,7 @@ pub mod auth_query;
 pub mod cancel;
 pub mod context;
 mod frontend;
+mod lost;
 mod prepared;
 mod relay;
 mod release;
@@ -528,7 +529,8 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         stmt_started: None,
         stmt_mark: None,
         server_broken: false,
-        fatal_relayed: false,
+        server_fatal: Default::default(),
+        lost: None,
         timers: Default::default(),
         _slot: slot,
         _tenant_slot: tenant_slot,

@@ -8,9 +8,9 @@
 
 use std::time::Instant;
 
-use super::session::Session;
+use super::session::{ServerFatal, Session};
 use crate::metrics::Command;
-use crate::protocol::backend::{parse_error_fields, parse_parameter_status, PgError};
+use crate::protocol::backend::{parse_error_fields, parse_parameter_status, ErrorFields, PgError};
 use crate::protocol::frontend::put_sync;
 use crate::protocol::Header;
 use crate::server::pending::{Action, Kind};
@@ -127,13 +127,24 @@ impl Session {
             }
             _ => {}
         }
+        if tag == b'E' {
+            let f = parse_error_fields(body);
+            if is_fatal(&f) {
+                self.server_broken = true;
+                if self.hold_fatal(&f) {
+                    return Route::Drop; // what is owed stays owed: `lost.rs` answers it
+                }
+            }
+        }
         let Some(unit) = self.pending.front() else {
             // Unsolicited: PostgreSQL sends a FATAL ErrorResponse before closing.
             if tag == b'E' {
                 let f = parse_error_fields(body);
-                crate::metrics::error(f.code);
                 self.server_broken = true;
-                self.fatal_relayed |= f.severity == b"FATAL" || f.severity == b"PANIC";
+                crate::metrics::error(f.code);
+                if is_fatal(&f) {
+                    self.server_fatal = ServerFatal::Relayed;
+                }
                 return Route::ForwardThenFlush;
             }
             return Route::Broken(PgError::fatal(
@@ -195,9 +206,8 @@ impl Session {
         if tag == b'E' && forward {
             let f = parse_error_fields(body);
             crate::metrics::error(f.code);
-            if f.severity == b"FATAL" || f.severity == b"PANIC" {
-                self.server_broken = true;
-                self.fatal_relayed = true;
+            if is_fatal(&f) {
+                self.server_fatal = ServerFatal::Relayed;
             }
         }
         let session_ctx = matches!(
@@ -340,6 +350,16 @@ impl Session {
         }
     }
 
+    /// A FATAL from the server, for a client that stays when its server goes away: held
+    /// back (the client is told once, by `lost.rs`). Returns whether it was.
+    fn hold_fatal(&mut self, f: &ErrorFields) -> bool {
+        if !is_fatal(f) || !self.keeps_client_on_loss() {
+            return false;
+        }
+        self.server_fatal = ServerFatal::Held(Box::new(f.to_error()));
+        true
+    }
+
     fn undo_statement(&mut self, unit: &crate::server::pending::Unit) {
         if let Some(co) = self.server.as_mut() {
             let conn = co.conn();
@@ -355,6 +375,10 @@ impl Session {
             self.statements.remove_created(n, unit.stmt);
         }
     }
+}
+
+fn is_fatal(f: &ErrorFields) -> bool {
+    f.severity == b"FATAL" || f.severity == b"PANIC"
 }
 
 enum Route {

@@ -96,8 +96,12 @@ pub struct Session {
     pub(super) stmt_mark: Option<Instant>,
     /// The server connection was lost or is in an unknown state: close it.
     pub(super) server_broken: bool,
-    /// The server's own FATAL reached the client: that is the one error the client gets.
-    pub(super) fatal_relayed: bool,
+    /// What the server said before it went away: its FATAL, relayed (the one error the
+    /// client gets) or held back for a client that stays connected (`lost.rs`).
+    pub(super) server_fatal: ServerFatal,
+    /// The transaction whose server connection died, answered without a server until the
+    /// client ends it (`lost.rs`).
+    pub(super) lost: Option<super::lost::Lost>,
     /// Bounds on waiting (`query_timeout`, `idle_transaction_timeout`).
     pub(super) timers: Timers,
     /// This client's place in `max_client_connections`, given back when the session ends.
@@ -143,6 +147,17 @@ pub(super) enum Event {
     ServerError(std::io::Error),
 }
 
+/// A FATAL from the server before its connection ended.
+#[derive(Default)]
+pub(super) enum ServerFatal {
+    #[default]
+    None,
+    /// Forwarded to the client, which is closed after it.
+    Relayed,
+    /// Not forwarded: the client stays and is told by `lost.rs`.
+    Held(Box<PgError>),
+}
+
 /// Why a session ended; decides what the client is told.
 pub enum End {
     /// Client sent Terminate or closed.
@@ -165,6 +180,11 @@ impl Session {
         loop {
             if let Err(e) = self.process_server() {
                 return End::Fatal(e);
+            }
+            if self.server_broken {
+                if let Some(end) = self.server_lost() {
+                    return end;
+                }
             }
             let flow = match self.terminating {
                 true => {
@@ -195,7 +215,10 @@ impl Session {
                 Err(e) => return End::Fatal(e),
             }
             if self.server_broken {
-                return self.server_lost();
+                if let Some(end) = self.server_lost() {
+                    return end;
+                }
+                continue;
             }
             self.maybe_release();
             // Between transactions, a shutdown ends the session (checked at every wake-up;
@@ -258,7 +281,9 @@ impl Session {
                     // Deliver whatever the server said last (e.g. a FATAL 57P01) first.
                     let _ = self.process_server();
                     self.server_broken = true;
-                    return self.server_lost();
+                    if let Some(end) = self.server_lost() {
+                        return end;
+                    }
                 }
             }
         }
@@ -327,16 +352,25 @@ impl Session {
         None
     }
 
-    /// The server connection is gone or unusable: the client gets one FATAL, PostgreSQL's if
-    /// it sent one, else pgward's.
-    fn server_lost(&self) -> End {
-        match self.fatal_relayed {
-            true => End::ClientGone,
-            false => End::Fatal(PgError::fatal(
+    /// The server connection is gone: a transaction-mode client stays, its transaction
+    /// answered as failed (`lost.rs`; `None`); any other gets one FATAL, PostgreSQL's if it
+    /// sent one, else pgward's.
+    fn server_lost(&mut self) -> Option<End> {
+        if self.keeps_client_on_loss() {
+            let held = match std::mem::take(&mut self.server_fatal) {
+                ServerFatal::Held(e) => Some(*e),
+                _ => None,
+            };
+            self.lose_server(held);
+            return None;
+        }
+        Some(match self.server_fatal {
+            ServerFatal::Relayed => End::ClientGone,
+            _ => End::Fatal(PgError::fatal(
                 "08006",
                 "pgward: server connection lost; the transaction was aborted",
             )),
-        }
+        })
     }
 
     /// Move bytes: write what is buffered, read what is readable. Ready when there is

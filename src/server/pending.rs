@@ -94,6 +94,9 @@ pub struct Unit {
     /// The tenant-context statement this Parse creates: its `CtxStatements` bit and the
     /// Parse's number.
     pub ctx_parse: Option<(u64, u32)>,
+    /// A lone COMMIT / ROLLBACK (Query or Execute): whether it succeeds or fails, no
+    /// transaction block is left after it (`client/lost.rs` answers a lost one so).
+    pub ends: bool,
 }
 
 impl Unit {
@@ -111,6 +114,7 @@ impl Unit {
             guess: crate::metrics::Command::Other,
             seq,
             ctx_parse: None,
+            ends: false,
         }
     }
 }
@@ -171,6 +175,12 @@ impl Pending {
         self.q
             .iter()
             .any(|u| u.kind.ends_block() && !matches!(u.action, Action::Synthesize(_)))
+    }
+    /// The first request of the client's still owed (not the proxy's own, not a stand-in).
+    pub fn first_client_request(&self) -> Option<&Unit> {
+        self.q
+            .iter()
+            .find(|u| matches!(u.action, Action::Forward | Action::ReplaceError(_)))
     }
     /// A Parse creating the client's statement `name` is still unanswered.
     pub fn parse_pending(&self, name: &[u8]) -> bool {

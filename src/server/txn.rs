@@ -560,6 +560,20 @@ impl TxnModel {
         self.states.within(States::IN_BLOCK)
     }
 
+    /// If the server vanished now, after failing whatever is unanswered: could the client
+    /// be left in a transaction block? (Unknown counts as yes.)
+    pub fn lost_in_block(&self) -> bool {
+        const LEFT_IN_BLOCK: States = States::of(&[
+            St::Block,
+            St::BlockC,
+            St::Aborted,
+            St::AbortedC,
+            St::SkipBlock,
+            St::SkipBlockC,
+        ]);
+        self.states.is_empty() || self.states.intersects(LEFT_IN_BLOCK)
+    }
+
     /// Possibly in a transaction block, open or failed.
     pub fn maybe_in_block(&self) -> bool {
         self.states.intersects(States::IN_BLOCK)

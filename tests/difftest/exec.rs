@@ -29,11 +29,24 @@ pub struct Run {
     pub stuck: Option<String>,
     /// Probes that did not show the tenant's context.
     pub bad_probes: Vec<String>,
+    /// Server connections terminated by [`Op::Cut`] during the run.
+    pub cuts: usize,
 }
+
+/// Terminates the backend of pgward's one server connection if it is in a transaction;
+/// returns whether it did.
+const CUT: &str = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'pgward' AND backend_type = 'client backend' AND state <> 'idle' AND pid <> pg_backend_pid()";
 
 /// Execute `ops` on `w`. `waits`: for pgward, how many messages to expect at each Wait (from
 /// the direct run); `None` for the direct run, which waits until PostgreSQL is idle.
-pub async fn run(w: &mut Wire, ops: &[Op], fn_oid: u32, waits: Option<&[usize]>) -> Run {
+/// `cutter`: the connection that carries out [`Op::Cut`] (ignored without one).
+pub async fn run(
+    w: &mut Wire,
+    ops: &[Op],
+    fn_oid: u32,
+    waits: Option<&[usize]>,
+    cutter: Option<&tokio_postgres::Client>,
+) -> Run {
     let mut r = Run::default();
     let mut out = Vec::new();
     let mut wait_no = 0;
@@ -69,19 +82,57 @@ pub async fn run(w: &mut Wire, ops: &[Op], fn_oid: u32, waits: Option<&[usize]>)
                 terminated = true;
                 break;
             }
+            Op::Cut => {
+                let Some(c) = cutter else { continue };
+                if w.send(&out).await.is_err() {
+                    break;
+                }
+                out.clear();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let rows = c.simple_query(CUT).await.expect("cut");
+                if crate::common::first_value(&rows) != "0" {
+                    r.cuts += 1;
+                }
+            }
             _ => out.extend(op.encode(fn_oid)),
         }
     }
     if !terminated {
-        // The fence: end any block, leave any failed transaction, then a marker row.
-        out.extend(fe::sync());
-        out.extend(fe::query("ROLLBACK"));
-        out.extend(fe::query(FENCE));
+        out.extend(fence());
     }
     if w.send(&out).await.is_err() && !terminated {
         r.stuck = Some("write failed".into());
         return r;
     }
+    match read_to_fence(w, &mut r).await {
+        Fence::Seen => {}
+        Fence::Closed => {
+            if !terminated {
+                r.msgs.push("<connection closed>".into());
+            }
+        }
+        Fence::Stuck => {
+            r.stuck = Some(format!("after {} messages, before the fence", r.msgs.len()));
+        }
+    }
+    r
+}
+
+/// The fence: end any block, leave any failed transaction, then a marker row.
+pub fn fence() -> Vec<u8> {
+    [fe::sync(), fe::query("ROLLBACK"), fe::query(FENCE)].concat()
+}
+
+/// How reading up to the fence ended.
+pub enum Fence {
+    /// Its row and the ReadyForQuery after it arrived.
+    Seen,
+    Closed,
+    Stuck,
+}
+
+/// Read (and record) up to the fence's row and ReadyForQuery.
+pub async fn read_to_fence(w: &mut Wire, r: &mut Run) -> Fence {
     let mut fence_seen = false;
     loop {
         match w.read(STUCK).await {
@@ -89,21 +140,13 @@ pub async fn run(w: &mut Wire, ops: &[Op], fn_oid: u32, waits: Option<&[usize]>)
                 if t == b'D' && data_row(&b).first() == Some(&Some("pgward-fence".into())) {
                     fence_seen = true;
                 }
-                record(&mut r, t, &b);
+                record(r, t, &b);
                 if fence_seen && t == b'Z' {
-                    return r;
+                    return Fence::Seen;
                 }
             }
-            Read::Eof => {
-                if !terminated {
-                    r.msgs.push("<connection closed>".into());
-                }
-                return r;
-            }
-            Read::Timeout => {
-                r.stuck = Some(format!("after {} messages, before the fence", r.msgs.len()));
-                return r;
-            }
+            Read::Eof => return Fence::Closed,
+            Read::Timeout => return Fence::Stuck,
         }
     }
 }

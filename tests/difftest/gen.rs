@@ -30,6 +30,10 @@ pub enum Op {
     /// Read the answers owed so far before writing more.
     Wait,
     Terminate,
+    /// Send what is buffered, then terminate the server backend serving this client if it
+    /// is in a transaction (tests/lost_server.rs; nothing on a direct connection).
+    #[allow(dead_code)] // constructed by tests/lost_server.rs only
+    Cut,
 }
 
 impl Op {
@@ -49,7 +53,7 @@ impl Op {
             Op::CopyFail => fe::copy_fail("pgward differential test"),
             Op::FunctionCall(arg) => fe::function_call(fn_oid, &[arg]),
             Op::Terminate => fe::terminate(),
-            Op::Wait => Vec::new(),
+            Op::Wait | Op::Cut => Vec::new(),
         }
     }
 

@@ -57,14 +57,14 @@ impl Env {
         }
     }
 
-    async fn proxied(&self) -> Result<Wire, String> {
+    pub async fn proxied(&self) -> Result<Wire, String> {
         Wire::tcp(self.proxy_port, "md5_user", "globex", &self.password).await
     }
 
     /// Run `ops` on both sides and compare.
     pub async fn check(&self, ops: &[Op]) -> Verdict {
         let mut d = self.direct().await;
-        let direct = exec::run(&mut d, ops, self.fn_oid, None).await;
+        let direct = exec::run(&mut d, ops, self.fn_oid, None, None).await;
         if direct.stuck.is_some() {
             return Verdict::Invalid;
         }
@@ -77,7 +77,7 @@ impl Env {
             Ok(p) => p,
             Err(e) => return Verdict::Differs(format!("could not connect through pgward: {e}")),
         };
-        let proxied = exec::run(&mut p, ops, self.fn_oid, Some(&direct.waits)).await;
+        let proxied = exec::run(&mut p, ops, self.fn_oid, Some(&direct.waits), None).await;
         if let Some(s) = &proxied.stuck {
             return Verdict::Differs(format!(
                 "pgward stopped answering ({s}); PostgreSQL answered everything\n{}",
