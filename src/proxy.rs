@@ -40,6 +40,12 @@ pub struct ClientInfo {
     /// `KILL` / `KILL_CLIENT`: the session ends at its next wake-up (a stored permit wakes
     /// an idle one).
     pub kill: Notify,
+    /// Wakes the session after this process handed its listeners to a successor, so that an
+    /// idle client moves there (a stored permit wakes one that was not waiting yet).
+    pub handover: Notify,
+    /// Its startup parameters, packed (`client::handover::pack_startup`): a moved client is
+    /// admitted again from them.
+    pub startup: Box<[u8]>,
 }
 
 pub struct Shared {
@@ -59,6 +65,8 @@ pub struct Shared {
     pub started: Instant,
     pub shutting_down: AtomicBool,
     pub shutdown: Notify,
+    /// Takeover by a successor process, or of a predecessor (`crate::upgrade`).
+    pub upgrade: crate::upgrade::State,
     /// Databases closed to new clients by `DISABLE` (until `ENABLE`).
     pub disabled: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Key for mock SCRAM salts of unknown users (random per process).
@@ -106,6 +114,7 @@ impl Shared {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
+            upgrade: Default::default(),
             disabled: Default::default(),
             mock_key: rand::random(),
             tls: ArcSwap::from_pointee(tls),

@@ -198,6 +198,10 @@ impl Session {
                 return self.server_lost();
             }
             self.maybe_release();
+            // After a takeover, an idle session moves to the new process (handover.rs).
+            if let Some(end) = self.hand_over().await {
+                return end;
+            }
             // Between transactions, a shutdown ends the session (checked at every wake-up;
             // idle clients are closed when the process exits after draining).
             if self.server.is_none()
@@ -226,6 +230,7 @@ impl Session {
             let ev = tokio::select! {
                 biased;
                 _ = info.kill.notified() => None,
+                _ = info.handover.notified() => continue,
                 ev = io => Some(ev),
             };
             let ev = match ev {

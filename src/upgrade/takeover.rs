@@ -1,0 +1,168 @@
+//! The starting process's side: take the listeners over from a running process, then receive
+//! its client sessions.
+//!
+//! Invariants:
+//! - Nothing listening at `upgrade_socket` (no file, or a stale socket nobody accepts on,
+//!   which is removed): start normally. Something listening that does not complete the
+//!   conversation in time: fail with a clear error (the old process keeps serving).
+//! - Received descriptors are checked (a listening TCP socket, a connected TCP socket)
+//!   before use; anything else is closed and logged.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::UnixStream;
+
+use super::record::{Message, VERSION};
+use super::transfer::{self, Reader, Writer};
+use super::STEP_TIMEOUT;
+use crate::proxy::Shared;
+
+/// The listeners received from the old process, and the connection to it.
+pub struct Inherited {
+    pub client: std::net::TcpListener,
+    pub http: Option<std::net::TcpListener>,
+    reader: Reader,
+    writer: Writer,
+}
+
+/// Ask the process serving `path` to hand over. `Ok(None)`: nobody serves it.
+pub async fn take_over(path: &Path) -> Result<Option<Inherited>, String> {
+    let conn = match tokio::time::timeout(STEP_TIMEOUT, UnixStream::connect(path)).await {
+        Err(_) => {
+            return Err(format!(
+                "upgrade socket {}: connect timed out",
+                path.display()
+            ))
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "upgrade socket is stale (no process behind it); removing it and starting normally");
+            let _ = std::fs::remove_file(path);
+            return Ok(None);
+        }
+        Ok(Err(e)) => return Err(format!("upgrade socket {}: {e}", path.display())),
+        Ok(Ok(c)) => c,
+    };
+    tracing::info!(path = %path.display(), "upgrade: a pgward process is running; asking it to hand over");
+    let (mut reader, writer) = transfer::split(conn);
+    let hello = Message::Hello {
+        version: VERSION,
+        pid: std::process::id(),
+    };
+    step(writer.send(&hello.encode(), &[])).await?;
+    let f = step(reader.recv())
+        .await?
+        .ok_or("the running process closed the upgrade connection")?;
+    let http = match Message::decode(&f.body)? {
+        Message::Listeners { version, http } if version == VERSION => http,
+        other => return Err(format!("upgrade: unexpected answer {other:?}")),
+    };
+    let mut fds = f.fds.into_iter();
+    let client = listener(fds.next()).ok_or("the client listener did not arrive")?;
+    let http = match http {
+        true => Some(listener(fds.next()).ok_or("the HTTP listener did not arrive")?),
+        false => None,
+    };
+    tracing::info!(listen = ?client.local_addr().ok(), http = ?http.as_ref().and_then(|h| h.local_addr().ok()), "upgrade: received the listening sockets");
+    Ok(Some(Inherited {
+        client,
+        http,
+        reader,
+        writer,
+    }))
+}
+
+/// A received descriptor as a listening TCP socket.
+fn listener(fd: Option<OwnedFd>) -> Option<std::net::TcpListener> {
+    let sock = socket2::Socket::from(fd?);
+    if !matches!(sock.r#type(), Ok(socket2::Type::STREAM)) || sock.local_addr().is_err() {
+        return None;
+    }
+    sock.set_nonblocking(true).ok()?;
+    Some(sock.into())
+}
+
+/// The rest of the conversation, once the listeners were taken.
+pub struct Conversation {
+    reader: Reader,
+    writer: Writer,
+}
+
+impl Inherited {
+    pub fn into_parts(
+        self,
+    ) -> (
+        std::net::TcpListener,
+        Option<std::net::TcpListener>,
+        Conversation,
+    ) {
+        let c = Conversation {
+            reader: self.reader,
+            writer: self.writer,
+        };
+        (self.client, self.http, c)
+    }
+}
+
+impl Conversation {
+    /// This process accepts on the listeners now: tell the old process (it stops accepting
+    /// and sends its sessions), and continue each session it sends.
+    pub async fn ready(self, shared: &Arc<Shared>) {
+        let Conversation { mut reader, writer } = self;
+        let ready = Message::Ready {
+            pid: std::process::id(),
+        };
+        if let Err(e) = step(writer.send(&ready.encode(), &[])).await {
+            // The listeners are ours either way: keep serving.
+            tracing::warn!(error = %e, "upgrade: the old process did not take the Ready message");
+            return;
+        }
+        shared.upgrade.set_predecessor(Some(writer));
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut moved = 0usize;
+            loop {
+                let f = match reader.recv().await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upgrade: connection to the old process failed");
+                        break;
+                    }
+                };
+                let mut fds = f.fds.into_iter();
+                match (Message::decode(&f.body), fds.next(), fds.next()) {
+                    (Ok(Message::Session(rec)), Some(fd), None) => {
+                        moved += 1;
+                        tokio::spawn(crate::client::handover::resume(s.clone(), fd, *rec));
+                    }
+                    (Ok(Message::Session(_)), ..) => tracing::warn!(
+                        "upgrade: a moved session came without exactly one socket; dropped"
+                    ),
+                    (Ok(other), ..) => {
+                        tracing::warn!(message = ?other, "upgrade: unexpected message from the old process ignored")
+                    }
+                    (Err(e), ..) => {
+                        tracing::warn!(error = %e, "upgrade: message from the old process ignored")
+                    }
+                }
+            }
+            s.upgrade.set_predecessor(None);
+            tracing::info!(
+                clients_moved = moved,
+                seconds = started.elapsed().as_secs_f64(),
+                "upgrade: the old process is done (connection closed)"
+            );
+        });
+    }
+}
+
+async fn step<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T, String> {
+    tokio::time::timeout(STEP_TIMEOUT, f)
+        .await
+        .map_err(|_| "upgrade: the running process did not answer in time".to_string())?
+        .map_err(|e| format!("upgrade: {e}"))
+}
