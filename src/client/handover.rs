@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - A session moves only at an idle point: no server connection held, nothing buffered in
-//!   either direction, nothing owed, not terminating, not pinned (session mode or
+//!   either direction (what is buffered for the client is written first, within a bound), nothing owed, not terminating, not pinned (session mode or
 //!   `session_state = pin`), plain TCP (a TLS session's keys cannot leave the process). The
 //!   client is sent nothing: the next byte it sends is read by the new process.
 //! - Once its socket and record were sent, the session here ends without touching the
@@ -38,6 +38,13 @@ impl Session {
     /// it is at an idle point. `Some` when it moved (the session ends here).
     pub(super) async fn hand_over(&mut self) -> Option<End> {
         let successor = self.shared.upgrade.successor()?;
+        if !self.cout.is_empty() && self.server.is_none() {
+            // The answer that ended its transaction is still buffered: deliver it first.
+            match tokio::time::timeout(SEND_TIMEOUT, self.write_out()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
         if !self.movable() {
             return None;
         }
@@ -66,6 +73,24 @@ impl Session {
                 None
             }
         }
+    }
+
+    /// Write what is buffered for the client (cancel-safe: each write advances `cout`).
+    async fn write_out(&mut self) -> std::io::Result<()> {
+        use bytes::Buf;
+        use tokio::io::AsyncWriteExt;
+        while !self.cout.is_empty() {
+            let n = self.client.write(&self.cout).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.cout.advance(n);
+            self.pool
+                .stats
+                .bytes_sent
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn movable(&self) -> bool {

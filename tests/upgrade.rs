@@ -1,0 +1,240 @@
+//! Replacing the pgward binary under load (`upgrade_socket`): pgbench (simple and prepared
+//! protocol, plain and tenant clients) and a psycopg loop run while a second pgward process
+//! takes over from the first and a third from the second. No transaction fails, no
+//! connection is refused, the old processes exit by themselves, and the persistent psycopg
+//! session keeps its session-level setting, its prepared statements and its cancel key.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pgbouncer::free_port;
+use common::python::require_python_module;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgward");
+
+/// A pgward process of the test, killed if the test ends before it exited.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Proc {
+    fn start(config: &Path, log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .env("PGWARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("start pgward");
+        Proc {
+            child,
+            log,
+            started: Instant::now(),
+        }
+    }
+
+    /// Wait for the process to exit by itself; its exit status and how long it ran.
+    fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st, self.started.elapsed());
+            }
+            assert!(
+                t.elapsed() < limit,
+                "pgward {} did not exit within {limit:?}:\n{}",
+                self.child.id(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of `key=` in the first log line containing `needle`.
+    fn logged(&self, needle: &str, key: &str) -> Option<String> {
+        let text = self.log_text();
+        let line = text.lines().find(|l| l.contains(needle))?;
+        let at = line.find(&format!("{key}="))? + key.len() + 1;
+        Some(line[at..].split_whitespace().next()?.to_string())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn wait_listening(port: u16, p: &Proc) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "pgward did not listen:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// "number of transactions actually processed: N" of a pgbench output.
+fn processed(output: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split(['/', ' ']).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn binary_replaced_twice_under_load() {
+    let pg = start_pg();
+    pgbench_init(&pg, 1);
+    let port = free_port();
+    let tmp = std::env::temp_dir();
+    let id = std::process::id();
+    let socket = tmp.join(format!("pgward-upgrade-{id}.sock"));
+    let o = Opts {
+        size: 10,
+        extra: TENANTS.to_string(),
+        top_extra: format!("upgrade_socket = \"{}\"", socket.display()),
+        ..Opts::default()
+    };
+    let http = free_port();
+    let text = config_text(pg.port(), &o).replace(
+        "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\""),
+    );
+    assert!(
+        text.contains(&format!(":{http}")),
+        "config template changed"
+    );
+    let config = tmp.join(format!("pgward-upgrade-{id}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let log = |n: usize| tmp.join(format!("pgward-upgrade-{id}-{n}.log"));
+
+    let mut first = Proc::start(&config, log(1));
+    wait_listening(port, &first);
+
+    let secs = 20u64;
+    let bench = |user: &'static str, mode: &'static str| {
+        let pg_bin = pg.bin_dir().to_path_buf();
+        let t = secs.to_string();
+        std::thread::spawn(move || {
+            let out = Command::new(pg_bin.join("pgbench"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+                .args(["-n", "-c", "4", "-j", "2", "-T", &t, "-M", mode, "app"])
+                .env("PGPASSWORD", PASSWORD)
+                .env("PGSSLMODE", "disable")
+                .output()
+                .expect("run pgbench");
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        })
+    };
+    let benches = [
+        ("app_user", "prepared", bench("app_user", "prepared")),
+        ("app_user.acme", "simple", bench("app_user.acme", "simple")),
+    ];
+    let python = require_python_module("psycopg").then(|| {
+        let dsn = format!(
+            "host=127.0.0.1 port={port} user=app_user dbname=app password={PASSWORD} sslmode=disable"
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upgrade/psycopg_loop.py");
+        std::thread::spawn(move || {
+            Command::new("python3")
+                .arg(script)
+                .arg(dsn)
+                .arg((secs - 2).to_string())
+                .output()
+                .expect("run python3")
+        })
+    });
+
+    // Two takeovers while the load runs: each old process must hand over and exit.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut second = Proc::start(&config, log(2));
+    let (st1, _) = first.wait_exit(Duration::from_secs(40));
+    std::thread::sleep(Duration::from_secs(4));
+    let mut third = Proc::start(&config, log(3));
+    let (st2, _) = second.wait_exit(Duration::from_secs(40));
+
+    for (n, (old, new)) in [(&first, &second), (&second, &third)].iter().enumerate() {
+        eprintln!(
+            "takeover {}: listeners in {} ms; old process moved {} clients in {} s (left: {})",
+            n + 1,
+            new.logged("took over the listeners", "ms")
+                .unwrap_or_default(),
+            old.logged("handed over to the new process", "clients_moved")
+                .unwrap_or_default(),
+            old.logged("handed over to the new process", "seconds")
+                .unwrap_or_default(),
+            old.logged("handed over to the new process", "clients_left")
+                .unwrap_or_default(),
+        );
+    }
+    assert!(st1.success(), "first pgward: {st1}\n{}", first.log_text());
+    assert!(st2.success(), "second pgward: {st2}\n{}", second.log_text());
+
+    for (user, mode, h) in benches {
+        let (ok, out) = h.join().unwrap();
+        let n = processed(&out);
+        let failed = out
+            .lines()
+            .find_map(|l| l.strip_prefix("number of failed transactions: "))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
+        eprintln!("pgbench {user} -M {mode}: processed {n}, failed {failed}");
+        assert!(
+            ok && !out.contains("aborted"),
+            "pgbench {user} -M {mode} failed:\n{out}\n{}",
+            third.log_text()
+        );
+        assert_eq!(failed, "0", "pgbench {user} -M {mode}:\n{out}");
+        assert!(n > 0, "pgbench {user} -M {mode} processed nothing:\n{out}");
+    }
+    if let Some(h) = python {
+        let out = h.join().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!("psycopg loop: {stdout}");
+        assert!(
+            out.status.success(),
+            "psycopg loop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("summary");
+        assert_eq!(v["error_count"], 0, "psycopg loop errors: {v}");
+        assert!(v["transactions"].as_u64().unwrap_or(0) > 0, "{v}");
+        assert!(v["new_connections"].as_u64().unwrap_or(0) > 0, "{v}");
+        assert_eq!(v["cancelled"], true, "cancel through the moved key: {v}");
+    }
+    // The third process still serves, on the same port.
+    assert!(
+        third.child.try_wait().unwrap().is_none(),
+        "{}",
+        third.log_text()
+    );
+    wait_listening(port, &third);
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&socket);
+}
