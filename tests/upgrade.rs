@@ -132,109 +132,99 @@ fn binary_replaced_twice_under_load() {
     wait_listening(port, &first);
 
     let secs = 20u64;
-    let bench = |user: &'static str, mode: &'static str| {
-        let pg_bin = pg.bin_dir().to_path_buf();
-        let t = secs.to_string();
-        std::thread::spawn(move || {
-            let out = Command::new(pg_bin.join("pgbench"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
-                .args(["-n", "-c", "4", "-j", "2", "-T", &t, "-M", mode, "app"])
-                .env("PGPASSWORD", PASSWORD)
-                .env("PGSSLMODE", "disable")
-                .output()
-                .expect("run pgbench");
-            let text = format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
+    let t = secs.to_string();
+    let dsn = format!(
+        "host=127.0.0.1 port={port} user=app_user dbname=app password={PASSWORD} sslmode=disable"
+    );
+    let with_python = require_python_module("psycopg");
+    let pg = &pg;
+    std::thread::scope(|s| {
+        let benches =
+            [("app_user", "prepared"), ("app_user.acme", "simple")].map(|(user, mode)| {
+                let args = ["-n", "-c", "4", "-j", "2", "-T", &t, "-M", mode];
+                let run = s.spawn(move || pgbench(pg, port, user, PASSWORD, "app", &args));
+                (user, mode, run)
+            });
+        let python = with_python.then(|| {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upgrade/psycopg_loop.py");
+            let dsn = &dsn;
+            s.spawn(move || {
+                Command::new("python3")
+                    .arg(script)
+                    .arg(dsn)
+                    .arg((secs - 2).to_string())
+                    .output()
+                    .expect("run python3")
+            })
+        });
+
+        // Two takeovers while the load runs: each old process must hand over and exit.
+        std::thread::sleep(Duration::from_secs(5));
+        let mut second = Proc::start(&config, log(2));
+        let (st1, _) = first.wait_exit(Duration::from_secs(40));
+        std::thread::sleep(Duration::from_secs(4));
+        let third = Proc::start(&config, log(3));
+        let (st2, _) = second.wait_exit(Duration::from_secs(40));
+
+        for (n, (old, new)) in [(&first, &second), (&second, &third)].iter().enumerate() {
+            let moved = |key| old.logged("handed over to the new process", key);
+            eprintln!(
+                "takeover {}: listeners in {} ms; old process moved {} clients in {} s (left: {})",
+                n + 1,
+                new.logged("took over the listeners", "ms")
+                    .unwrap_or_default(),
+                moved("clients_moved").unwrap_or_default(),
+                moved("seconds").unwrap_or_default(),
+                moved("clients_left").unwrap_or_default(),
+            );
+        }
+        assert!(st1.success(), "first pgward: {st1}\n{}", first.log_text());
+        assert!(st2.success(), "second pgward: {st2}\n{}", second.log_text());
+
+        for (user, mode, run) in benches {
+            let b = run.join().unwrap();
+            let n = processed(&b.output);
+            eprintln!(
+                "pgbench {user} -M {mode}: processed {n}, failed {}",
+                b.failed
+            );
+            assert!(b.ok, "pgbench {user} -M {mode} failed:\n{}", b.output);
+            assert!(
+                b.output.contains("number of failed transactions: 0 "),
+                "pgbench {user} -M {mode}:\n{}",
+                b.output
+            );
+            assert!(
+                n > 0,
+                "pgbench {user} -M {mode} processed nothing:\n{}",
+                b.output
+            );
+        }
+        if let Some(run) = python {
+            let out = run.join().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            eprintln!("psycopg loop: {stdout}");
+            assert!(
+                out.status.success(),
+                "psycopg loop failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            (out.status.success(), text)
-        })
-    };
-    let benches = [
-        ("app_user", "prepared", bench("app_user", "prepared")),
-        ("app_user.acme", "simple", bench("app_user.acme", "simple")),
-    ];
-    let python = require_python_module("psycopg").then(|| {
-        let dsn = format!(
-            "host=127.0.0.1 port={port} user=app_user dbname=app password={PASSWORD} sslmode=disable"
-        );
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upgrade/psycopg_loop.py");
-        std::thread::spawn(move || {
-            Command::new("python3")
-                .arg(script)
-                .arg(dsn)
-                .arg((secs - 2).to_string())
-                .output()
-                .expect("run python3")
-        })
-    });
-
-    // Two takeovers while the load runs: each old process must hand over and exit.
-    std::thread::sleep(Duration::from_secs(5));
-    let mut second = Proc::start(&config, log(2));
-    let (st1, _) = first.wait_exit(Duration::from_secs(40));
-    std::thread::sleep(Duration::from_secs(4));
-    let mut third = Proc::start(&config, log(3));
-    let (st2, _) = second.wait_exit(Duration::from_secs(40));
-
-    for (n, (old, new)) in [(&first, &second), (&second, &third)].iter().enumerate() {
-        eprintln!(
-            "takeover {}: listeners in {} ms; old process moved {} clients in {} s (left: {})",
-            n + 1,
-            new.logged("took over the listeners", "ms")
-                .unwrap_or_default(),
-            old.logged("handed over to the new process", "clients_moved")
-                .unwrap_or_default(),
-            old.logged("handed over to the new process", "seconds")
-                .unwrap_or_default(),
-            old.logged("handed over to the new process", "clients_left")
-                .unwrap_or_default(),
-        );
-    }
-    assert!(st1.success(), "first pgward: {st1}\n{}", first.log_text());
-    assert!(st2.success(), "second pgward: {st2}\n{}", second.log_text());
-
-    for (user, mode, h) in benches {
-        let (ok, out) = h.join().unwrap();
-        let n = processed(&out);
-        let failed = out
-            .lines()
-            .find_map(|l| l.strip_prefix("number of failed transactions: "))
-            .and_then(|v| v.split_whitespace().next())
-            .unwrap_or("?")
-            .to_string();
-        eprintln!("pgbench {user} -M {mode}: processed {n}, failed {failed}");
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("summary");
+            assert_eq!(v["error_count"], 0, "psycopg loop errors: {v}");
+            assert!(v["transactions"].as_u64().unwrap_or(0) > 0, "{v}");
+            assert!(v["new_connections"].as_u64().unwrap_or(0) > 0, "{v}");
+            assert_eq!(v["cancelled"], true, "cancel through the moved key: {v}");
+        }
+        // The third process still serves, on the same port.
+        let mut third = third;
         assert!(
-            ok && !out.contains("aborted"),
-            "pgbench {user} -M {mode} failed:\n{out}\n{}",
+            third.child.try_wait().unwrap().is_none(),
+            "{}",
             third.log_text()
         );
-        assert_eq!(failed, "0", "pgbench {user} -M {mode}:\n{out}");
-        assert!(n > 0, "pgbench {user} -M {mode} processed nothing:\n{out}");
-    }
-    if let Some(h) = python {
-        let out = h.join().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        eprintln!("psycopg loop: {stdout}");
-        assert!(
-            out.status.success(),
-            "psycopg loop failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("summary");
-        assert_eq!(v["error_count"], 0, "psycopg loop errors: {v}");
-        assert!(v["transactions"].as_u64().unwrap_or(0) > 0, "{v}");
-        assert!(v["new_connections"].as_u64().unwrap_or(0) > 0, "{v}");
-        assert_eq!(v["cancelled"], true, "cancel through the moved key: {v}");
-    }
-    // The third process still serves, on the same port.
-    assert!(
-        third.child.try_wait().unwrap().is_none(),
-        "{}",
-        third.log_text()
-    );
-    wait_listening(port, &third);
+        wait_listening(port, &third);
+    });
     let _ = std::fs::remove_file(&config);
     let _ = std::fs::remove_file(&socket);
 }

@@ -59,10 +59,11 @@ pub(super) async fn admit(
     cfg: &Config,
     resolved: &Resolved,
     user: &User,
-    dynamic: bool,
     client_key: Option<[u8; 32]>,
     entry: Entry,
 ) -> Result<Admitted, PgError> {
+    // A user that is not configured was found by `auth_query`: it gets a pool of its own.
+    let dynamic = !cfg.users.contains_key(&resolved.user);
     if let Some(t) = &resolved.tenant {
         if t.users
             .as_ref()

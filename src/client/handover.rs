@@ -200,22 +200,13 @@ async fn readmit(
         }
     }
     let user = user.ok_or_else(|| format!("unknown user \"{}\"", rec.user))?;
-    let dynamic = !cfg.users.contains_key(&rec.user);
     let client_key = match rec.client_key {
         None => None,
         Some(k) => Some(<[u8; 32]>::try_from(k).map_err(|_| "malformed client key")?),
     };
-    let mut a = admit::admit(
-        shared,
-        &cfg,
-        &resolved,
-        &user,
-        dynamic,
-        client_key,
-        Entry::Moved,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut a = admit::admit(shared, &cfg, &resolved, &user, client_key, Entry::Moved)
+        .await
+        .map_err(|e| e.to_string())?;
     for (name, value) in &rec.params {
         a.params.set(name, value);
     }

@@ -298,7 +298,6 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
             known = auth_query::lookup(shared, aq, &resolved.user).await;
         }
     }
-    let dynamic = known.is_some() && !cfg.users.contains_key(&resolved.user);
     let (user, client_key) = match auth::authenticate(
         &mut stream,
         &mut buf,
@@ -336,17 +335,8 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         }
         return Some(LoggedIn::Admin(stream, buf, user.name.clone()));
     }
-    let a = match admit::admit(
-        shared,
-        &cfg,
-        &resolved,
-        &user,
-        dynamic,
-        client_key,
-        admit::Entry::Login,
-    )
-    .await
-    {
+    let entry = admit::Entry::Login;
+    let a = match admit::admit(shared, &cfg, &resolved, &user, client_key, entry).await {
         Ok(a) => a,
         Err(e) => {
             send_error(&mut stream, e).await;
