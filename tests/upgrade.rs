@@ -101,6 +101,28 @@ fn processed(output: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Seconds since the Unix epoch.
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The longest latency (ms) of the transactions of `timeline` ([start, ms] pairs) that
+/// started within [from, to].
+fn slowest(timeline: &serde_json::Value, from: f64, to: f64) -> f64 {
+    let empty = Vec::new();
+    timeline
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(|e| Some((e[0].as_f64()?, e[1].as_f64()?)))
+        .filter(|(t, _)| (from..=to).contains(t))
+        .map(|(_, ms)| ms)
+        .fold(0.0, f64::max)
+}
+
 #[test]
 fn binary_replaced_twice_under_load() {
     let pg = start_pg();
@@ -161,9 +183,11 @@ fn binary_replaced_twice_under_load() {
 
         // Two takeovers while the load runs: each old process must hand over and exit.
         std::thread::sleep(Duration::from_secs(5));
+        let mut at = vec![now()];
         let mut second = Proc::start(&config, log(2));
         let (st1, _) = first.wait_exit(Duration::from_secs(40));
         std::thread::sleep(Duration::from_secs(4));
+        at.push(now());
         let third = Proc::start(&config, log(3));
         let (st2, _) = second.wait_exit(Duration::from_secs(40));
 
@@ -204,13 +228,21 @@ fn binary_replaced_twice_under_load() {
         if let Some(run) = python {
             let out = run.join().unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
-            eprintln!("psycopg loop: {stdout}");
             assert!(
                 out.status.success(),
                 "psycopg loop failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("summary");
+            let mut v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("summary");
+            let timeline = v["timeline"].take();
+            eprintln!("psycopg loop: {v}");
+            for (n, t) in at.iter().enumerate() {
+                eprintln!(
+                    "takeover {}: slowest psycopg transaction from 0.5 s before to 2 s after the new process started: {:.1} ms",
+                    n + 1,
+                    slowest(&timeline, t - 0.5, t + 2.0)
+                );
+            }
             assert_eq!(v["error_count"], 0, "psycopg loop errors: {v}");
             assert!(v["transactions"].as_u64().unwrap_or(0) > 0, "{v}");
             assert!(v["new_connections"].as_u64().unwrap_or(0) > 0, "{v}");
@@ -225,6 +257,50 @@ fn binary_replaced_twice_under_load() {
         );
         wait_listening(port, &third);
     });
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&socket);
+}
+
+/// A socket file nobody accepts on (a process that died) does not stop a start: it is
+/// replaced by this process's own, mode 0600. SIGTERM without a successor drains and exits 0
+/// as before.
+#[test]
+fn stale_socket_is_replaced_and_sigterm_is_unchanged() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let tmp = std::env::temp_dir();
+    let id = std::process::id();
+    let socket = tmp.join(format!("pgward-stale-{id}.sock"));
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap()); // leaves the file
+    let port = free_port();
+    let o = Opts {
+        top_extra: format!("upgrade_socket = \"{}\"", socket.display()),
+        ..Opts::default()
+    };
+    // No PostgreSQL is needed to start (no connection is opened before a client asks).
+    let text = config_text(1, &o).replace(
+        "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let config = tmp.join(format!("pgward-stale-{id}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let mut p = Proc::start(&config, tmp.join(format!("pgward-stale-{id}.log")));
+    wait_listening(port, &p);
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(p.log_text().contains("stale"), "{}", p.log_text());
+    let killed = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (st, _) = p.wait_exit(Duration::from_secs(35));
+    assert!(st.success(), "{st}\n{}", p.log_text());
     let _ = std::fs::remove_file(&config);
     let _ = std::fs::remove_file(&socket);
 }

@@ -37,6 +37,8 @@ transactions = 0
 max_latency = 0.0
 max_latency_at = 0.0
 start = time.monotonic()
+# (wall-clock start in seconds since the epoch, latency in ms) of every transaction.
+timeline = []
 i = 0
 while time.monotonic() < deadline:
     i += 1
@@ -61,6 +63,7 @@ while time.monotonic() < deadline:
         if conn.closed:
             break
     latency = time.monotonic() - began
+    timeline.append((round(time.time() - latency, 4), round(latency * 1000, 2)))
     if latency > max_latency:
         max_latency, max_latency_at = latency, began - start
     time.sleep(0.002)
@@ -92,6 +95,7 @@ print(
             "max_latency_ms": round(max_latency * 1000, 1),
             "max_latency_at_s": round(max_latency_at, 1),
             "cancelled": cancelled,
+            "timeline": timeline,
         }
     )
 )
