@@ -37,12 +37,12 @@ pub struct ClientInfo {
     pub request_us: AtomicU64,
     /// Its named prepared statements, as of its last transaction start.
     pub prepared: std::sync::atomic::AtomicU32,
-    /// `KILL` / `KILL_CLIENT`: the session ends at its next wake-up (a stored permit wakes
-    /// an idle one).
+    /// Wakes the session (a stored permit wakes an idle one): for `KILL` / `KILL_CLIENT`
+    /// (with `killed` set) it ends; otherwise this process handed its listeners to a
+    /// successor and the session moves there at its next idle point.
     pub kill: Notify,
-    /// Wakes the session after this process handed its listeners to a successor, so that an
-    /// idle client moves there (a stored permit wakes one that was not waiting yet).
-    pub handover: Notify,
+    /// Set by `KILL` / `KILL_CLIENT` before waking the session.
+    pub killed: std::sync::atomic::AtomicBool,
     /// Its startup parameters, packed (`client::handover::pack_startup`): a moved client is
     /// admitted again from them.
     pub startup: Box<[u8]>,

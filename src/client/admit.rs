@@ -211,7 +211,7 @@ pub(super) fn build(shared: &Arc<Shared>, cfg: &Config, a: Admitted, seed: Seed)
         request_us: Default::default(),
         prepared: Default::default(),
         kill: Default::default(),
-        handover: Default::default(),
+        killed: Default::default(),
         startup: seed.startup,
     });
     shared.clients.insert(info.id, info.clone());

@@ -230,10 +230,11 @@ impl Session {
             let ev = tokio::select! {
                 biased;
                 _ = info.kill.notified() => None,
-                _ = info.handover.notified() => continue,
                 ev = io => Some(ev),
             };
             let ev = match ev {
+                // Woken to move to a successor process (handover.rs), not killed.
+                None if !info.killed.load(std::sync::atomic::Ordering::Acquire) => continue,
                 None => {
                     return End::Fatal(PgError::fatal(
                         "57P01",

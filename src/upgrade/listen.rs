@@ -114,7 +114,7 @@ async fn converse(
     tracing::info!(new_pid = pid, clients, "upgrade: the new process accepts on the listeners; this one stops accepting and moves its clients at their next idle point");
     shared.upgrade.set_successor(writer);
     for c in shared.clients.iter() {
-        c.handover.notify_one();
+        c.kill.notify_one(); // `killed` unset: a wake-up to move
     }
     shared.begin_shutdown();
     // The successor sends cancel requests for clients it does not have (yet).
