@@ -262,10 +262,11 @@ fn binary_replaced_twice_under_load() {
 }
 
 /// A socket file nobody accepts on (a process that died) does not stop a start: it is
-/// replaced by this process's own, mode 0600. SIGTERM without a successor drains and exits 0
-/// as before.
+/// replaced by this process's own, mode 0600. A takeover that fails (garbage, or no Ready)
+/// leaves the process serving. SIGTERM without a successor drains and exits 0 as before.
 #[test]
-fn stale_socket_is_replaced_and_sigterm_is_unchanged() {
+fn stale_socket_failed_takeovers_and_sigterm() {
+    use std::io::{Read, Write};
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let tmp = std::env::temp_dir();
     let id = std::process::id();
@@ -294,6 +295,38 @@ fn stale_socket_is_replaced_and_sigterm_is_unchanged() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert!(p.log_text().contains("stale"), "{}", p.log_text());
+
+    // Takeovers that fail change nothing: garbage, then a Hello that never says Ready.
+    {
+        let mut u = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        u.write_all(b"\0\0\0\x03abc").unwrap();
+    }
+    {
+        let mut u = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let hello = br#"{"type":"hello","version":1,"pid":1}"#;
+        u.write_all(&(hello.len() as u32).to_be_bytes()).unwrap();
+        u.write_all(hello).unwrap();
+        let mut len = [0u8; 4];
+        u.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        u.read_exact(&mut body).unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("listeners"));
+    } // closed without Ready
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        // Still accepting: an SSLRequest is answered.
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+        let mut answer = [0u8; 1];
+        c.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"N", "{}", p.log_text());
+    }
+    assert!(
+        p.log_text().contains("takeover by a new process failed"),
+        "{}",
+        p.log_text()
+    );
     let killed = Command::new("kill")
         .args(["-TERM", &p.child.id().to_string()])
         .status()

@@ -9,6 +9,7 @@
 //!   before use; anything else is closed and logged.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -38,6 +39,15 @@ pub async fn take_over(path: &Path) -> Result<Option<Inherited>, String> {
         }
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            // Only a socket file is removed, never a file that happens to be at the path.
+            let is_socket =
+                std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+            if !is_socket {
+                return Err(format!(
+                    "upgrade_socket {} exists and is not a socket",
+                    path.display()
+                ));
+            }
             tracing::info!(path = %path.display(), "upgrade socket is stale (no process behind it); removing it and starting normally");
             let _ = std::fs::remove_file(path);
             return Ok(None);
