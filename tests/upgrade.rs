@@ -29,7 +29,7 @@ impl Proc {
         let child = Command::new(BIN)
             .arg("--config")
             .arg(config)
-            .env("PGWARD_LOG", "info")
+            .env("PGWARD_LOG", "info,pgward::upgrade=debug")
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
@@ -123,34 +123,65 @@ fn slowest(timeline: &serde_json::Value, from: f64, to: f64) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// A configuration file with `upgrade_socket`, fixed client and HTTP ports.
+struct Setup {
+    name: String,
+    config: PathBuf,
+    socket: PathBuf,
+    port: u16,
+}
+
+impl Setup {
+    fn new(name: &str, pg_port: u16) -> Setup {
+        let tmp = std::env::temp_dir();
+        let name = format!("pgward-{name}-{}", std::process::id());
+        let socket = tmp.join(format!("{name}.sock"));
+        let o = Opts {
+            size: 10,
+            extra: TENANTS.to_string(),
+            top_extra: format!("upgrade_socket = \"{}\"", socket.display()),
+            ..Opts::default()
+        };
+        let (port, http) = (free_port(), free_port());
+        let text = config_text(pg_port, &o).replace(
+            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\""),
+        );
+        assert!(
+            text.contains(&format!(":{http}")),
+            "config template changed"
+        );
+        let config = tmp.join(format!("{name}.toml"));
+        std::fs::write(&config, text).unwrap();
+        Setup {
+            name,
+            config,
+            socket,
+            port,
+        }
+    }
+
+    /// Start pgward number `n` with this configuration.
+    fn start(&self, n: usize) -> Proc {
+        let log = std::env::temp_dir().join(format!("{}-{n}.log", self.name));
+        Proc::start(&self.config, log)
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
 #[test]
 fn binary_replaced_twice_under_load() {
     let pg = start_pg();
     pgbench_init(&pg, 1);
-    let port = free_port();
-    let tmp = std::env::temp_dir();
-    let id = std::process::id();
-    let socket = tmp.join(format!("pgward-upgrade-{id}.sock"));
-    let o = Opts {
-        size: 10,
-        extra: TENANTS.to_string(),
-        top_extra: format!("upgrade_socket = \"{}\"", socket.display()),
-        ..Opts::default()
-    };
-    let http = free_port();
-    let text = config_text(pg.port(), &o).replace(
-        "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\""),
-    );
-    assert!(
-        text.contains(&format!(":{http}")),
-        "config template changed"
-    );
-    let config = tmp.join(format!("pgward-upgrade-{id}.toml"));
-    std::fs::write(&config, text).unwrap();
-    let log = |n: usize| tmp.join(format!("pgward-upgrade-{id}-{n}.log"));
-
-    let mut first = Proc::start(&config, log(1));
+    let setup = Setup::new("upgrade", pg.port());
+    let port = setup.port;
+    let mut first = setup.start(1);
     wait_listening(port, &first);
 
     let secs = 20u64;
@@ -184,11 +215,11 @@ fn binary_replaced_twice_under_load() {
         // Two takeovers while the load runs: each old process must hand over and exit.
         std::thread::sleep(Duration::from_secs(5));
         let mut at = vec![now()];
-        let mut second = Proc::start(&config, log(2));
+        let mut second = setup.start(2);
         let (st1, _) = first.wait_exit(Duration::from_secs(40));
         std::thread::sleep(Duration::from_secs(4));
         at.push(now());
-        let third = Proc::start(&config, log(3));
+        let third = setup.start(3);
         let (st2, _) = second.wait_exit(Duration::from_secs(40));
 
         for (n, (old, new)) in [(&first, &second), (&second, &third)].iter().enumerate() {
@@ -257,8 +288,6 @@ fn binary_replaced_twice_under_load() {
         );
         wait_listening(port, &third);
     });
-    let _ = std::fs::remove_file(&config);
-    let _ = std::fs::remove_file(&socket);
 }
 
 /// A socket file nobody accepts on (a process that died) does not stop a start: it is
@@ -268,41 +297,29 @@ fn binary_replaced_twice_under_load() {
 fn stale_socket_failed_takeovers_and_sigterm() {
     use std::io::{Read, Write};
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let tmp = std::env::temp_dir();
-    let id = std::process::id();
-    let socket = tmp.join(format!("pgward-stale-{id}.sock"));
-    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap()); // leaves the file
-    let port = free_port();
-    let o = Opts {
-        top_extra: format!("upgrade_socket = \"{}\"", socket.display()),
-        ..Opts::default()
-    };
     // No PostgreSQL is needed to start (no connection is opened before a client asks).
-    let text = config_text(1, &o).replace(
-        "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
-    let config = tmp.join(format!("pgward-stale-{id}.toml"));
-    std::fs::write(&config, text).unwrap();
-    let mut p = Proc::start(&config, tmp.join(format!("pgward-stale-{id}.log")));
+    let setup = Setup::new("stale", 1);
+    let (socket, port) = (&setup.socket, setup.port);
+    drop(std::os::unix::net::UnixListener::bind(socket).unwrap()); // leaves the file
+    let mut p = setup.start(1);
     wait_listening(port, &p);
     let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
         assert!(t.elapsed() < Duration::from_secs(10), "{}", p.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let meta = std::fs::metadata(&socket).unwrap();
+    let meta = std::fs::metadata(socket).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert!(p.log_text().contains("stale"), "{}", p.log_text());
 
     // Takeovers that fail change nothing: garbage, then a Hello that never says Ready.
     {
-        let mut u = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let mut u = std::os::unix::net::UnixStream::connect(socket).unwrap();
         u.write_all(b"\0\0\0\x03abc").unwrap();
     }
     {
-        let mut u = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let mut u = std::os::unix::net::UnixStream::connect(socket).unwrap();
         let hello = br#"{"type":"hello","version":1,"pid":1}"#;
         u.write_all(&(hello.len() as u32).to_be_bytes()).unwrap();
         u.write_all(hello).unwrap();
@@ -334,6 +351,59 @@ fn stale_socket_failed_takeovers_and_sigterm() {
     assert!(killed.success());
     let (st, _) = p.wait_exit(Duration::from_secs(35));
     assert!(st.success(), "{st}\n{}", p.log_text());
-    let _ = std::fs::remove_file(&config);
-    let _ = std::fs::remove_file(&socket);
+}
+
+/// A client in the middle of a long statement stays in the old process; a cancel request for
+/// it reaches the new process (the old one no longer accepts) and is passed back. Then the
+/// client moves at the end of its transaction and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_client_still_in_the_old_process() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let setup = Setup::new("cancel", pg.port());
+    let mut first = setup.start(1);
+    wait_listening(setup.port, &first);
+    let url = format!(
+        "postgres://app_user:{PASSWORD}@127.0.0.1:{}/app?sslmode=disable",
+        setup.port
+    );
+    let client = std::sync::Arc::new(connect(&url).await.unwrap());
+    let token = client.cancel_token();
+    let c = client.clone();
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(20)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = setup.start(2);
+    let t = Instant::now();
+    while !second.log_text().contains("took over the listeners") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{}",
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // the old process stopped accepting
+    let t = Instant::now();
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel request");
+    let e = sleeper.await.unwrap().expect_err("pg_sleep was cancelled");
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        second.log_text().contains("passed to the previous process"),
+        "{}",
+        second.log_text()
+    );
+    // Its transaction over, the session moves to the new process and goes on there.
+    assert_eq!(scalar(&client, "SELECT 1").await, "1");
+    let (st, _) = tokio::task::block_in_place(|| first.wait_exit(Duration::from_secs(10)));
+    assert!(st.success(), "{}", first.log_text());
+    assert_eq!(
+        first.logged("handed over to the new process", "clients_moved"),
+        Some("1".into()),
+        "{}",
+        first.log_text()
+    );
+    assert_eq!(scalar(&client, "SELECT 2").await, "2");
 }

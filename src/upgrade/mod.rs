@@ -127,11 +127,16 @@ pub async fn cancel(shared: &Shared, pid: i32, secret: i32) {
     match shared.upgrade.predecessor() {
         Some(w) => {
             let body = record::Message::Cancel { pid, secret }.encode();
-            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(STEP_TIMEOUT, w.send(&body, &[]))
+            match tokio::time::timeout(STEP_TIMEOUT, w.send(&body, &[]))
                 .await
                 .map_err(std::io::Error::other)
             {
-                tracing::debug!(pid, error = %e, "cancel request could not be passed to the previous process");
+                Ok(Ok(())) => {
+                    tracing::debug!(pid, "cancel request passed to the previous process")
+                }
+                Ok(Err(e)) | Err(e) => {
+                    tracing::debug!(pid, error = %e, "cancel request could not be passed to the previous process")
+                }
             }
         }
         None => tracing::debug!(pid, "cancel request for unknown key ignored"),
