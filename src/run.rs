@@ -26,6 +26,9 @@ pub struct Running {
 pub struct Inherit {
     pub client: std::net::TcpListener,
     pub http: Option<std::net::TcpListener>,
+    /// Accepting starts when this resolves: once the old process was told (until then it
+    /// accepts alone, and nothing is accepted here that a failed takeover would drop).
+    pub go: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Running {
@@ -56,9 +59,9 @@ pub async fn start_with(config: Config, inherited: Option<Inherit>) -> Result<Ru
     if config.metrics.enabled {
         crate::metrics::install(&config.metrics);
     }
-    let (inherited_client, inherited_http) = match inherited {
-        Some(i) => (Some(i.client), i.http),
-        None => (None, None),
+    let (inherited_client, inherited_http, go) = match inherited {
+        Some(i) => (Some(i.client), i.http, Some(i.go)),
+        None => (None, None, None),
     };
     let listener = match inherited_client {
         Some(l) => TcpListener::from_std(l).map_err(|e| format!("inherited listener: {e}"))?,
@@ -103,6 +106,11 @@ pub async fn start_with(config: Config, inherited: Option<Inherit>) -> Result<Ru
     let mut tasks = Vec::new();
     let s = shared.clone();
     tasks.push(tokio::spawn(async move {
+        if let Some(go) = go {
+            if go.await.is_err() {
+                return; // the takeover failed
+            }
+        }
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -176,14 +184,16 @@ pub async fn run_foreground(path: PathBuf, config: Config) -> Result<(), String>
     let (inherit, conversation) = match taken {
         Some(t) => {
             let (client, http, rest) = t.into_parts();
-            (Some(Inherit { client, http }), Some(rest))
+            let (tx, go) = tokio::sync::oneshot::channel();
+            (Some(Inherit { client, http, go }), Some((rest, tx)))
         }
         None => (None, None),
     };
     let mut running = start_with(config, inherit).await?;
     let shared = running.shared.clone();
-    if let Some(c) = conversation {
-        c.ready(&shared).await;
+    if let Some((c, go)) = conversation {
+        c.ready(&shared).await?;
+        let _ = go.send(());
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,
             "upgrade: took over the listeners"

@@ -5,14 +5,15 @@
 //!   the process over: a successor is trusted with client sessions without
 //!   re-authentication) and renamed over `upgrade_socket`, so the path always names a
 //!   socket that answers, never a half-made one.
-//! - One successor at a time; until it says `Ready` (within [`super::STEP_TIMEOUT`] of each
-//!   step) nothing changes here. After `Ready` the process stops accepting, wakes every
+//! - One successor at a time; until it says `Ready` (each step bounded: [`super::STEP_TIMEOUT`],
+//!   [`READY_TIMEOUT`] for the successor's start) nothing changes here. After `Ready` the process stops accepting, wakes every
 //!   session (they move at their next idle point) and begins its shutdown.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UnixListener;
 
@@ -20,6 +21,9 @@ use super::record::{Message, VERSION};
 use super::transfer::{self, Reader, Writer};
 use super::STEP_TIMEOUT;
 use crate::proxy::Shared;
+
+/// How long the new process may take from receiving the listeners to `Ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The listening sockets a successor receives (duplicates of the ones this process accepts
 /// on): the client listener, then the HTTP listener if there is one.
@@ -82,7 +86,7 @@ async fn converse(
     writer: Writer,
     handed: &Handed,
 ) -> Result<(), String> {
-    let pid = match next(&mut reader).await? {
+    let pid = match next(&mut reader, STEP_TIMEOUT).await? {
         Message::Hello { version, pid } if version == VERSION => pid,
         Message::Hello { version, .. } => {
             return Err(format!(
@@ -106,7 +110,8 @@ async fn converse(
         .await
         .map_err(|_| "timed out sending the listeners".to_string())?
         .map_err(|e| format!("sending the listeners: {e}"))?;
-    match next(&mut reader).await? {
+    // The new process starts serving first (loading `tenant_query` tenants may take a while).
+    match next(&mut reader, READY_TIMEOUT).await? {
         Message::Ready { .. } => {}
         other => return Err(format!("unexpected {other:?} instead of Ready")),
     }
@@ -145,9 +150,9 @@ async fn converse(
     Ok(())
 }
 
-/// The next message, within the step timeout.
-async fn next(reader: &mut Reader) -> Result<Message, String> {
-    let f = tokio::time::timeout(STEP_TIMEOUT, reader.recv())
+/// The next message, within `limit`.
+async fn next(reader: &mut Reader, limit: Duration) -> Result<Message, String> {
+    let f = tokio::time::timeout(limit, reader.recv())
         .await
         .map_err(|_| "the new process did not answer in time".to_string())?
         .map_err(|e| e.to_string())?

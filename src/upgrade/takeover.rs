@@ -2,8 +2,8 @@
 //! its client sessions.
 //!
 //! Invariants:
-//! - Nothing listening at `upgrade_socket` (no file, or a stale socket nobody accepts on,
-//!   which is removed): start normally. Something listening that does not complete the
+//! - Nothing listening at `upgrade_socket` (no file, or a stale socket nobody accepts on for
+//!   about a second, which is removed): start normally. Something listening that does not complete the
 //!   conversation in time: fail with a clear error (the old process keeps serving).
 //! - Received descriptors are checked (a listening TCP socket, a connected TCP socket)
 //!   before use; anything else is closed and logged.
@@ -30,7 +30,7 @@ pub struct Inherited {
 
 /// Ask the process serving `path` to hand over. `Ok(None)`: nobody serves it.
 pub async fn take_over(path: &Path) -> Result<Option<Inherited>, String> {
-    let conn = match tokio::time::timeout(STEP_TIMEOUT, UnixStream::connect(path)).await {
+    let conn = match tokio::time::timeout(STEP_TIMEOUT, connect(path)).await {
         Err(_) => {
             return Err(format!(
                 "upgrade socket {}: connect timed out",
@@ -84,6 +84,22 @@ pub async fn take_over(path: &Path) -> Result<Option<Inherited>, String> {
     }))
 }
 
+/// Connect to `path`. A refused connection is tried again for about a second: during a
+/// takeover the path briefly names the old process's closed socket until the successor's
+/// replaces it, and a stale-looking socket must not be removed then.
+async fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    let mut tries = 0;
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A received descriptor as a listening TCP socket.
 fn listener(fd: Option<OwnedFd>) -> Option<std::net::TcpListener> {
     let sock = socket2::Socket::from(fd?);
@@ -118,17 +134,16 @@ impl Inherited {
 
 impl Conversation {
     /// This process accepts on the listeners now: tell the old process (it stops accepting
-    /// and sends its sessions), and continue each session it sends.
-    pub async fn ready(self, shared: &Arc<Shared>) {
+    /// and sends its sessions), and continue each session it sends. `Err` if the old process
+    /// did not take the message (it gave up waiting and serves on): this process must exit.
+    pub async fn ready(self, shared: &Arc<Shared>) -> Result<(), String> {
         let Conversation { mut reader, writer } = self;
         let ready = Message::Ready {
             pid: std::process::id(),
         };
-        if let Err(e) = step(writer.send(&ready.encode(), &[])).await {
-            // The listeners are ours either way: keep serving.
-            tracing::warn!(error = %e, "upgrade: the old process did not take the Ready message");
-            return;
-        }
+        step(writer.send(&ready.encode(), &[])).await.map_err(|e| {
+            format!("the running process did not take the Ready message ({e}); it keeps serving")
+        })?;
         shared.upgrade.set_predecessor(Some(writer));
         let s = shared.clone();
         tokio::spawn(async move {
@@ -167,6 +182,7 @@ impl Conversation {
                 "upgrade: the old process is done (connection closed)"
             );
         });
+        Ok(())
     }
 }
 
