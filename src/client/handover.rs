@@ -52,6 +52,9 @@ impl Session {
             return None;
         };
         let body = Message::Session(Box::new(self.record())).encode();
+        if body.len() > crate::upgrade::transfer::MAX_FRAME {
+            return None; // too many statements to carry: it stays (and ends as at a shutdown)
+        }
         let sent = tokio::time::timeout(SEND_TIMEOUT, successor.send(&body, &[tcp.as_fd()])).await;
         match sent {
             Ok(Ok(())) => {

@@ -198,9 +198,12 @@ impl Session {
                 return self.server_lost();
             }
             self.maybe_release();
-            // After a takeover, an idle session moves to the new process (handover.rs).
-            if let Some(end) = self.hand_over().await {
-                return end;
+            // After a takeover, an idle session moves to the new process (handover.rs). Boxed:
+            // needed once, its state is not kept in every client's task.
+            if self.shared.upgrade.handed_over() {
+                if let Some(end) = Box::pin(self.hand_over()).await {
+                    return end;
+                }
             }
             // Between transactions, a shutdown ends the session (checked at every wake-up;
             // idle clients are closed when the process exits after draining).
