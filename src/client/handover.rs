@@ -150,10 +150,16 @@ impl Session {
 }
 
 /// Continue a session moved here (its socket and record came from the old process).
-pub async fn resume(shared: Arc<Shared>, fd: OwnedFd, rec: SessionRecord) {
+pub async fn resume(
+    shared: Arc<Shared>,
+    fd: OwnedFd,
+    rec: SessionRecord,
+    arriving: crate::upgrade::Arriving,
+) {
     let addr = rec.addr.clone();
     let login_timeout = shared.config().client_login_timeout;
     let session = tokio::time::timeout(login_timeout, readmit(&shared, fd, rec)).await;
+    drop(arriving); // registered as a client by now, or refused
     match session {
         Ok(Ok(session)) => {
             let id = session.info.id;

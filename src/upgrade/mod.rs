@@ -24,7 +24,7 @@ pub mod takeover;
 pub mod transfer;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -46,6 +46,25 @@ pub struct State {
     /// The process this one took over from, while its connection lasts.
     predecessor: Mutex<Option<Writer>>,
     moved: AtomicUsize,
+    /// Sessions received and not yet registered as clients (see [`Arriving`]).
+    arriving: AtomicUsize,
+}
+
+/// A session received from the predecessor, counted until it is registered as a client (or
+/// refused): a process does not exit while one is on its way in.
+pub struct Arriving(Arc<Shared>);
+
+impl Arriving {
+    pub fn new(shared: &Arc<Shared>) -> Arriving {
+        shared.upgrade.arriving.fetch_add(1, Ordering::AcqRel);
+        Arriving(shared.clone())
+    }
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.0.upgrade.arriving.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl State {
@@ -146,7 +165,8 @@ pub async fn cancel(shared: &Shared, pid: i32, secret: i32) {
 /// Old process: wait until every client session moved or ended, at most `limit`.
 pub async fn wait_for_sessions(shared: &Shared, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline && !shared.clients.is_empty() {
+    let busy = || !shared.clients.is_empty() || shared.upgrade.arriving.load(Ordering::Acquire) > 0;
+    while tokio::time::Instant::now() < deadline && busy() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

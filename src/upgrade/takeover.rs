@@ -162,7 +162,9 @@ impl Conversation {
                 match (Message::decode(&f.body), fds.next(), fds.next()) {
                     (Ok(Message::Session(rec)), Some(fd), None) => {
                         moved += 1;
-                        tokio::spawn(crate::client::handover::resume(s.clone(), fd, *rec));
+                        let arriving = super::Arriving::new(&s);
+                        let resume = crate::client::handover::resume(s.clone(), fd, *rec, arriving);
+                        tokio::spawn(resume);
                     }
                     (Ok(Message::Session(_)), ..) => tracing::warn!(
                         "upgrade: a moved session came without exactly one socket; dropped"
