@@ -33,6 +33,7 @@ pub mod shard;
 pub mod sql;
 pub mod status;
 pub mod tenancy;
+pub mod upgrade;
 
 /// Reported as `server_version` by the admin console and `SHOW VERSION`.
 pub const VERSION_STRING: &str = concat!("pgward ", env!("CARGO_PKG_VERSION"));

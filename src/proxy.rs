@@ -37,9 +37,15 @@ pub struct ClientInfo {
     pub request_us: AtomicU64,
     /// Its named prepared statements, as of its last transaction start.
     pub prepared: std::sync::atomic::AtomicU32,
-    /// `KILL` / `KILL_CLIENT`: the session ends at its next wake-up (a stored permit wakes
-    /// an idle one).
+    /// Wakes the session (a stored permit wakes an idle one): for `KILL` / `KILL_CLIENT`
+    /// (with `killed` set) it ends; otherwise this process handed its listeners to a
+    /// successor and the session moves there at its next idle point.
     pub kill: Notify,
+    /// Set by `KILL` / `KILL_CLIENT` before waking the session.
+    pub killed: std::sync::atomic::AtomicBool,
+    /// Its startup parameters, packed (`client::handover::pack_startup`): a moved client is
+    /// admitted again from them.
+    pub startup: Box<[u8]>,
 }
 
 pub struct Shared {
@@ -59,6 +65,8 @@ pub struct Shared {
     pub started: Instant,
     pub shutting_down: AtomicBool,
     pub shutdown: Notify,
+    /// Takeover by a successor process, or of a predecessor (`crate::upgrade`).
+    pub upgrade: crate::upgrade::State,
     /// Databases closed to new clients by `DISABLE` (until `ENABLE`).
     pub disabled: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Key for mock SCRAM salts of unknown users (random per process).
@@ -106,6 +114,7 @@ impl Shared {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
+            upgrade: Default::default(),
             disabled: Default::default(),
             mock_key: rand::random(),
             tls: ArcSwap::from_pointee(tls),

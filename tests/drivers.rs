@@ -18,10 +18,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::python::{in_ci, require_python_module};
 use common::*;
 use tokio_postgres::types::Type;
-
-const PIP_INSTALL: &str = "python3 -m pip install asyncpg \"psycopg[binary]\"";
 
 /// How long one driver script may run before it is killed and the test fails (a hang).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(260);
@@ -32,50 +31,6 @@ fn driver_opts(size: usize) -> Opts {
         size,
         extra: TENANTS.to_string(),
         ..Opts::default()
-    }
-}
-
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-}
-
-/// `Err(reason)` if `python3` or the module cannot be used.
-fn python_module(module: &str) -> Result<String, String> {
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            &format!("import sys, {module}; print(sys.version.split()[0], {module}.__version__)"),
-        ])
-        .output()
-        .map_err(|e| format!("python3 could not be run ({e})"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "python3 has no usable module `{module}`: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ))
-    }
-}
-
-/// True if the test should go on; false (after printing SKIPPED) if it should return.
-/// Panics in CI when the driver is missing.
-fn require_python_module(module: &str) -> bool {
-    match python_module(module) {
-        Ok(version) => {
-            eprintln!("using python3 / {module}: {version}");
-            true
-        }
-        Err(reason) if in_ci() => {
-            panic!("{reason}. The driver tests need it in CI: install with `{PIP_INSTALL}`")
-        }
-        Err(reason) => {
-            eprintln!("SKIPPED: {reason}; install with `{PIP_INSTALL}` to run this test");
-            false
-        }
     }
 }
 

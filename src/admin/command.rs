@@ -152,6 +152,7 @@ fn kill(shared: &Shared, name: Option<&str>) -> Result<(), PgError> {
     })?;
     for c in shared.clients.iter() {
         if name.is_none_or(|n| c.database == n) {
+            c.killed.store(true, std::sync::atomic::Ordering::Release);
             c.kill.notify_one();
         }
     }
@@ -166,6 +167,7 @@ fn kill_client(shared: &Shared, id: &str) -> Result<(), PgError> {
         .map_err(|_| PgError::error("22023", format!("KILL_CLIENT: {id:?} is not a client id")))?;
     match shared.clients.get(&id) {
         Some(c) => {
+            c.killed.store(true, std::sync::atomic::Ordering::Release);
             c.kill.notify_one();
             Ok(())
         }

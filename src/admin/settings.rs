@@ -68,7 +68,7 @@ const ALIASES: &[(&str, &str)] = &[
 fn restart_only(key: &str) -> bool {
     matches!(
         key,
-        "listen" | "http_listen" | "workers" | "log_format" | "listen_backlog"
+        "listen" | "http_listen" | "workers" | "log_format" | "listen_backlog" | "upgrade_socket"
     ) || key.starts_with("metrics.")
 }
 

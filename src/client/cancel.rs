@@ -108,17 +108,30 @@ impl CancelRegistry {
             }
         }
     }
+    /// Register a key issued by the process this one took over from (a moved client keeps
+    /// its BackendKeyData). `None` if this process already issued that key.
+    pub fn adopt(&self, pid: i32, secret: i32) -> Option<Arc<CancelSlot>> {
+        match self.map.entry((pid, secret)) {
+            dashmap::Entry::Vacant(v) => {
+                let slot = Arc::new(CancelSlot::default());
+                v.insert(slot.clone());
+                Some(slot)
+            }
+            dashmap::Entry::Occupied(_) => None,
+        }
+    }
     pub fn unregister(&self, pid: i32, secret: i32) {
         self.map.remove(&(pid, secret));
     }
 
-    /// Forward a cancel for the client with this key, if it is running something.
-    pub async fn cancel(&self, pid: i32, secret: i32) {
+    /// Forward a cancel for the client with this key, if it is running something. False if
+    /// no client here has the key.
+    pub async fn cancel(&self, pid: i32, secret: i32) -> bool {
         let Some(slot) = self.map.get(&(pid, secret)).map(|s| s.clone()) else {
-            tracing::debug!(pid, "cancel request for unknown key ignored");
-            return;
+            return false;
         };
         forward(slot).await;
+        true
     }
 }
 

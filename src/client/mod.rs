@@ -6,12 +6,14 @@
 //! auth messages ≤ 8 KiB) and the whole handshake has a deadline; a client that fails any
 //! step gets an ErrorResponse with a real SQLSTATE and is closed.
 
+mod admit;
 mod attach;
 pub mod auth;
 pub mod auth_query;
 pub mod cancel;
 pub mod context;
 mod frontend;
+pub mod handover;
 mod lost;
 mod prepared;
 mod relay;
@@ -21,7 +23,7 @@ mod startup_check;
 pub mod statements;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,14 +31,11 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::config::{ClientTls, PoolMode};
+use crate::config::ClientTls;
 use crate::net::{write_all, Stream};
 use crate::protocol::backend::{self, PgError};
 use crate::protocol::startup::{self, StartupPacket};
-use crate::proxy::{ClientInfo, Shared};
-use crate::server::params::ClientParams;
-use crate::server::pending::Pending;
-use crate::server::txn::TxnModel;
+use crate::proxy::Shared;
 use crate::tenancy::resolve;
 use session::Session;
 
@@ -215,7 +214,7 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
                 }
             }
             StartupPacket::Cancel { pid, secret } => {
-                shared.cancels.cancel(pid, secret).await;
+                crate::upgrade::cancel(shared, pid, secret).await;
                 return None;
             }
             StartupPacket::Startup(m) => break m,
@@ -300,7 +299,6 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
             known = auth_query::lookup(shared, aq, &resolved.user).await;
         }
     }
-    let dynamic = known.is_some() && !cfg.users.contains_key(&resolved.user);
     let (user, client_key) = match auth::authenticate(
         &mut stream,
         &mut buf,
@@ -338,128 +336,18 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         }
         return Some(LoggedIn::Admin(stream, buf, user.name.clone()));
     }
-    if let Some(t) = &resolved.tenant {
-        if t.users
-            .as_ref()
-            .is_some_and(|list| !list.contains(&user.name))
-        {
-            send_error(
-                &mut stream,
-                PgError::fatal(
-                    "28000",
-                    format!(
-                        "pgward: user \"{}\" may not select tenant \"{}\"",
-                        user.name, t.id
-                    ),
-                ),
-            )
-            .await;
-            return None;
-        }
-    }
-    let Some(db) = cfg.database(&resolved.database).cloned() else {
-        send_error(
-            &mut stream,
-            PgError::fatal(
-                "3D000",
-                format!("database \"{}\" does not exist", resolved.database),
-            ),
-        )
-        .await;
-        return None;
-    };
-    if shared
-        .disabled
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&db.name)
-    {
-        let e = format!(
-            "database \"{}\" is not currently accepting connections (pgward: DISABLE)",
-            db.name
-        );
-        send_error(&mut stream, PgError::fatal("55000", e)).await;
-        return None;
-    }
-    if db.tenant_required && resolved.tenant.is_none() {
-        send_error(&mut stream, PgError::fatal("28000", format!("pgward: database \"{}\" requires a tenant (dbname = tenant id, user.tenant, or options=-cpgward.tenant=…)", db.name))).await;
-        return None;
-    }
-    let tenant = resolved
-        .tenant
-        .as_ref()
-        .and_then(|t| shared.tenants.load().get(&t.id).cloned());
-    // The client's class in the pool's fair queue: its tenant, or the plain clients.
-    let class = crate::pool::ClassKey::from(resolved.tenant.as_ref().map_or("", |t| t.id.as_str()));
-    if let Some(t) = &tenant {
-        if let Some(e) = crate::tenancy::posture::refusal(shared, &db, &t.tenant) {
+    let entry = admit::Entry::Login;
+    let a = match admit::admit(shared, &cfg, &resolved, &user, client_key, entry).await {
+        Ok(a) => a,
+        Err(e) => {
             send_error(&mut stream, e).await;
             return None;
         }
-    }
-    let tenant_slot = match &tenant {
-        Some(t) => {
-            let max = (t.tenant.limits.max_client_connections)
-                .or(db.tenant_defaults.max_client_connections);
-            match shared.tenant_clients.take(&class, max) {
-                Ok(slot) => Some(slot),
-                Err(max) => {
-                    crate::metrics::tenant_refusal(&t.tenant.id, "max_client_connections");
-                    let msg = format!("pgward: too many client connections for tenant \"{}\" (max_client_connections = {max})", t.tenant.id);
-                    send_error(&mut stream, PgError::fatal("53300", msg)).await;
-                    return None;
-                }
-            }
-        }
-        None => None,
     };
-    if let Some(t) = &tenant {
-        // T3 at login: a startup parameter (or `options=-c …`) may not set what the tenant
-        // context sets, as `SET` may not.
-        let protected = resolved
-            .params
-            .iter()
-            .find(|(name, _)| t.is_protected(&name.to_ascii_lowercase()));
-        if let Some((name, _)) = protected {
-            crate::metrics::rejected("tenant_guard");
-            send_error(&mut stream, PgError::fatal("42501", format!("pgward: startup parameter \"{name}\" is not allowed for tenant \"{}\": the tenant context is managed by the proxy", t.tenant.id))).await;
-            return None;
-        }
-    }
-    let home = if dynamic {
-        auth_query::user_pool(shared, &db, &user, client_key)
-    } else {
-        shared.pool(&db.name)
-    };
-    // A tenant with a database of its own starts there.
-    let pool = match tenant.as_ref().filter(|t| t.tenant.dedicated.is_some()) {
-        Some(t) => crate::tenancy::dedicated::pool_for(shared, &t.tenant),
-        None => home.clone(),
-    };
-    let (Some(pool), Some(home)) = (pool, home) else {
-        send_error(
-            &mut stream,
-            PgError::fatal("3D000", format!("database \"{}\" does not exist", db.name)),
-        )
-        .await;
-        return None;
-    };
-    let baseline = match pool.baseline().await {
-        Ok(b) => b,
-        Err(e) => {
-            send_error(&mut stream, PgError::fatal("08006", format!("pgward: {e}"))).await;
-            return None;
-        }
-    };
-    let mut params = ClientParams::new(&baseline, &resolved.params);
-    if let Err(e) = startup_check::check(&pool, &class, &mut params).await {
-        send_error(&mut stream, e).await;
-        return None;
-    }
     // Like PostgreSQL, report only the parameters the server reports (GUC_REPORT ones: the
     // baseline's names), with the client's values where it set them.
-    for (lname, name, value) in params.values.iter() {
-        if baseline.get(lname).is_some() {
+    for (lname, name, value) in a.params.values.iter() {
+        if a.baseline.get(lname).is_some() {
             backend::parameter_status(&mut out, name, value);
         }
     }
@@ -470,93 +358,25 @@ async fn handshake(mut stream: Stream, addr: SocketAddr, shared: &Arc<Shared>) -
         shared.cancels.unregister(pid, secret);
         return None;
     }
-    let info = Arc::new(ClientInfo {
-        id: shared.next_client.fetch_add(1, Ordering::Relaxed),
-        user: user.name.clone(),
-        database: db.name.clone(),
-        tenant: resolved.tenant.as_ref().map(|t| t.id.clone()),
-        addr: addr.to_string(),
-        connected_at: SystemTime::now(),
-        state: AtomicU8::new(0),
-        wait_since_us: Default::default(),
-        tls: stream.is_tls(),
-        application_name: msg.get("application_name").unwrap_or("").to_string(),
-        local: stream.local_addr(),
-        request_us: Default::default(),
-        prepared: Default::default(),
-        kill: Default::default(),
-    });
-    shared.clients.insert(info.id, info.clone());
-    tracing::debug!(%addr, user = %user.name, database = %db.name, tenant = ?info.tenant, "client connected");
-    let mode = db.pool.mode;
-    // Boxed: the session is the bulk of an idle client's memory, and a future that moves it
-    // around would hold it more than once.
-    Some(LoggedIn::Client(Box::new(Session {
-        labels: crate::metrics::labels(&db.name, info.tenant.as_deref()),
-        shared: shared.clone(),
-        info,
-        pool,
-        home,
-        mode,
-        policy: db.pool.session_state,
-        ctx: tenant
-            .clone()
-            .or_else(|| shared.tenants.load().plain(&db.name).cloned())
-            .filter(|t| t.pairs > 0),
-        tenant,
-        class,
-        params,
-        max_message: cfg.max_message_size,
-        cancel,
-        key: (pid, secret),
-        client: stream,
+    let seed = admit::Seed {
+        stream,
+        // Bytes the client pipelined after its startup packet are not lost.
         cin: {
-            // Bytes the client pipelined after its startup packet are not lost.
             let mut b = BytesMut::new();
             b.extend_from_slice(&buf);
             b
         },
-        cout: BytesMut::new(),
-        server: None,
-        sout: BytesMut::new(),
-        pending: Pending::default(),
-        txn: TxnModel::default(),
-        hold: false,
-        terminating: false,
-        dirty: Default::default(),
-        pinned: mode == PoolMode::Session,
-        statements: Default::default(),
-        stmt_started: None,
-        stmt_mark: None,
-        server_broken: false,
-        server_fatal: Default::default(),
-        lost: None,
-        timers: Default::default(),
-        _slot: slot,
-        _tenant_slot: tenant_slot,
-        acquire_error: None,
-        observe: (cfg.metrics.query_stats || cfg.metrics.slow_statement_threshold.is_some()).then(
-            || {
-                (
-                    cfg.metrics.query_stats,
-                    cfg.metrics.slow_statement_threshold,
-                    Arc::from(
-                        resolved
-                            .tenant
-                            .as_ref()
-                            .map(|t| t.id.as_str())
-                            .unwrap_or(""),
-                    ),
-                )
-            },
-        ),
-        exec_text: None,
-        unnamed_text: None,
-        unnamed_effects: Default::default(),
-        unnamed_cmd: crate::metrics::Command::Other,
-        exec_cmd: crate::metrics::Command::Other,
-        unnamed_here: false,
-    })))
+        user: user.name.clone(),
+        tenant_id: resolved.tenant.as_ref().map(|t| t.id.clone()),
+        addr: addr.to_string(),
+        connected_at: SystemTime::now(),
+        application_name: msg.get("application_name").unwrap_or("").to_string(),
+        startup: handover::pack_startup(&msg.params),
+        key: (pid, secret),
+        cancel,
+        slot,
+    };
+    Some(LoggedIn::Client(admit::build(shared, &cfg, a, seed)))
 }
 
 /// Read one startup-phase packet (length-prefixed, untyped), bounded by MAX_STARTUP_PACKET.

@@ -221,6 +221,13 @@ impl Session {
                 continue;
             }
             self.maybe_release();
+            // After a takeover, an idle session moves to the new process (handover.rs). Boxed:
+            // needed once, its state is not kept in every client's task.
+            if self.shared.upgrade.handed_over() {
+                if let Some(end) = Box::pin(self.hand_over()).await {
+                    return end;
+                }
+            }
             // Between transactions, a shutdown ends the session (checked at every wake-up;
             // idle clients are closed when the process exits after draining).
             if self.server.is_none()
@@ -252,6 +259,8 @@ impl Session {
                 ev = io => Some(ev),
             };
             let ev = match ev {
+                // Woken to move to a successor process (handover.rs), not killed.
+                None if !info.killed.load(std::sync::atomic::Ordering::Acquire) => continue,
                 None => {
                     return End::Fatal(PgError::fatal(
                         "57P01",

@@ -70,6 +70,10 @@ impl ClientStatements {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+    /// Every named statement (transaction mode): name, definition, effects.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Arc<StatementDef>, Flags)> {
+        self.map.iter().map(|(n, (d, f))| (&**n, d, *f))
+    }
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -192,6 +192,8 @@ pub struct Config {
     pub max_message_size: usize,
     pub log_format: String,
     pub listen_backlog: u32,
+    /// Where a successor process asks this one to hand over (docs/operations.md).
+    pub upgrade_socket: Option<PathBuf>,
     pub client_login_timeout: Duration,
     pub max_pending_logins: usize,
     pub databases: Vec<Arc<Database>>,

@@ -29,6 +29,10 @@ pub struct RawConfig {
     /// Pending connections the kernel queues for `listen` (PgBouncer's `listen_backlog`).
     #[serde(default = "default_listen_backlog")]
     pub listen_backlog: u32,
+    /// Unix socket through which a new pgward process takes over this one's listeners and
+    /// idle clients (zero-downtime upgrade); unset: no takeover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<String>,
     /// A client must have logged in (TLS, startup, authentication) within this.
     #[serde(default = "default_login_timeout")]
     pub client_login_timeout: String,
@@ -833,6 +837,16 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         listen_backlog: match raw.listen_backlog {
             0 => return Err(err("listen_backlog".into(), "must be at least 1".into())),
             n => n,
+        },
+        upgrade_socket: match raw.upgrade_socket.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(err(
+                    "upgrade_socket".into(),
+                    "must be a path (leave the key out to turn takeover off)".into(),
+                ))
+            }
+            Some(p) => Some(PathBuf::from(p)),
         },
         client_login_timeout: match dur("client_login_timeout", &raw.client_login_timeout)? {
             d if d.is_zero() => {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pgbouncer;
+pub mod python;
 pub mod wire;
 
 use std::path::PathBuf;
