@@ -407,3 +407,44 @@ async fn a_cancel_reaches_a_client_still_in_the_old_process() {
     );
     assert_eq!(scalar(&client, "SELECT 2").await, "2");
 }
+
+/// A moved client that the new process's configuration no longer admits (its tenant was
+/// removed) is told why, with the FATAL a login would get, not closed without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_client_the_new_configuration_refuses_is_told_why() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let setup = Setup::new("refused", pg.port());
+    let mut first = setup.start(1);
+    wait_listening(setup.port, &first);
+    let url = format!(
+        "postgres://app_user.acme:{PASSWORD}@127.0.0.1:{}/app?sslmode=disable",
+        setup.port
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    assert_eq!(
+        scalar(&client, "SELECT current_setting('app.tenant_id')").await,
+        "acme"
+    );
+    // The successor's configuration has no tenant "acme".
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    assert!(text.contains("id = \"acme\""));
+    std::fs::write(
+        &setup.config,
+        text.replace("id = \"acme\"", "id = \"acme2\""),
+    )
+    .unwrap();
+    let _second = setup.start(2);
+    let (st, _) = tokio::task::block_in_place(|| first.wait_exit(Duration::from_secs(10)));
+    assert!(st.success(), "{}", first.log_text());
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the client was told")
+        .unwrap();
+    let e = ended.expect_err("the connection ended with an error");
+    assert_eq!(sqlstate(&e), "28000", "{e}");
+    let msg = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+    assert!(msg.contains("acme"), "{msg}");
+}

@@ -28,6 +28,7 @@ use super::{auth_query, Counted};
 use crate::config::PassThrough;
 use crate::config::PoolMode;
 use crate::net::Stream;
+use crate::protocol::backend::PgError;
 use crate::protocol::startup::StartupMessage;
 use crate::proxy::Shared;
 use crate::upgrade::record::{Message, SessionRecord, Statement};
@@ -153,7 +154,9 @@ impl Session {
     }
 }
 
-/// Continue a session moved here (its socket and record came from the old process).
+/// Continue a session moved here (its socket and record came from the old process). A client
+/// that cannot be continued (its user or tenant is no longer configured, a limit) gets the
+/// FATAL a login would get; a descriptor that is not a connected socket is only logged.
 pub async fn resume(
     shared: Arc<Shared>,
     fd: OwnedFd,
@@ -161,39 +164,58 @@ pub async fn resume(
     arriving: crate::upgrade::Arriving,
 ) {
     let addr = rec.addr.clone();
+    let mut tcp = match socket(fd) {
+        Ok(t) => Some(t),
+        Err(why) => {
+            tracing::warn!(%addr, reason = %why, "moved client could not be continued");
+            return;
+        }
+    };
     let login_timeout = shared.config().client_login_timeout;
-    let session = tokio::time::timeout(login_timeout, readmit(&shared, fd, rec)).await;
+    let session = tokio::time::timeout(login_timeout, readmit(&shared, &mut tcp, rec)).await;
     drop(arriving); // registered as a client by now, or refused
-    match session {
+    let e = match session {
         Ok(Ok(session)) => {
             let id = session.info.id;
             session.run().await;
             shared.clients.remove(&id);
+            return;
         }
-        Ok(Err(why)) => {
-            tracing::warn!(%addr, reason = %why, "moved client could not be continued; its connection is closed");
-        }
-        Err(_) => {
-            tracing::warn!(%addr, "moved client could not be continued in time (client_login_timeout); its connection is closed");
-        }
+        Ok(Err(e)) => e,
+        Err(_) => PgError::fatal(
+            "08006",
+            "pgward: the session could not be continued after an upgrade in time (client_login_timeout)",
+        ),
+    };
+    tracing::warn!(%addr, reason = %e, "moved client could not be continued; its connection is closed");
+    if let Some(tcp) = tcp {
+        super::send_error(&mut Stream::Tcp(tcp), e).await;
     }
 }
 
-/// Admit a moved client again from its record and rebuild its session.
-async fn readmit(
-    shared: &Arc<Shared>,
-    fd: OwnedFd,
-    rec: SessionRecord,
-) -> Result<Box<Session>, String> {
+/// The moved client's socket, if the descriptor is a connected TCP socket.
+fn socket(fd: OwnedFd) -> Result<tokio::net::TcpStream, String> {
     let std = std::net::TcpStream::from(fd);
     std.set_nonblocking(true).map_err(|e| e.to_string())?;
-    // A descriptor that is not a connected TCP socket is refused here.
     std.peer_addr()
         .map_err(|e| format!("not a connected socket: {e}"))?;
     let tcp = tokio::net::TcpStream::from_std(std).map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Admit a moved client again from its record and rebuild its session; `tcp` is taken only
+/// when it succeeds. `Err` is the FATAL to close the client with.
+async fn readmit(
+    shared: &Arc<Shared>,
+    tcp: &mut Option<tokio::net::TcpStream>,
+    rec: SessionRecord,
+) -> Result<Box<Session>, PgError> {
     if rec.statements.len() > MAX_CLIENT_STATEMENTS {
-        return Err("too many prepared statements".into());
+        return Err(PgError::fatal(
+            "53400",
+            "pgward: too many prepared statements to continue the session after an upgrade",
+        ));
     }
     let cfg = shared.config();
     let msg = StartupMessage {
@@ -201,10 +223,12 @@ async fn readmit(
         minor: 0,
         params: rec.startup,
     };
-    let resolved =
-        crate::tenancy::resolve(&cfg, &shared.tenants.load(), &msg).map_err(|e| e.to_string())?;
+    let resolved = crate::tenancy::resolve(&cfg, &shared.tenants.load(), &msg)?;
     if resolved.admin {
-        return Err("an admin console session cannot move".into());
+        return Err(PgError::fatal(
+            "0A000",
+            "pgward: an admin console session cannot move to a new process",
+        ));
     }
     let mut user = cfg.users.get(&rec.user).cloned();
     if user.is_none() {
@@ -212,14 +236,23 @@ async fn readmit(
             user = auth_query::lookup(shared, aq, &rec.user).await;
         }
     }
-    let user = user.ok_or_else(|| format!("unknown user \"{}\"", rec.user))?;
+    let user = user.ok_or_else(|| {
+        PgError::fatal(
+            "28000",
+            format!(
+                "pgward: user \"{}\" is not known to the upgraded pgward; reconnect",
+                rec.user
+            ),
+        )
+    })?;
     let client_key = match rec.client_key {
         None => None,
-        Some(k) => Some(<[u8; 32]>::try_from(k).map_err(|_| "malformed client key")?),
+        Some(k) => Some(
+            <[u8; 32]>::try_from(k)
+                .map_err(|_| PgError::fatal("08P01", "pgward: malformed session record"))?,
+        ),
     };
-    let mut a = admit::admit(shared, &cfg, &resolved, &user, client_key, Entry::Moved)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut a = admit::admit(shared, &cfg, &resolved, &user, client_key, Entry::Moved).await?;
     for (name, value) in &rec.params {
         a.params.set(name, value);
     }
@@ -234,6 +267,12 @@ async fn readmit(
             let (p, s, slot) = shared.cancels.register();
             ((p, s), slot)
         }
+    };
+    let Some(tcp) = tcp.take() else {
+        return Err(PgError::fatal(
+            "08006",
+            "pgward: the moved connection is gone",
+        ));
     };
     let seed = Seed {
         stream: Stream::Tcp(tcp),

@@ -412,7 +412,7 @@ async fn read_startup(
     }
 }
 
-async fn send_error(stream: &mut Stream, e: PgError) {
+pub(super) async fn send_error(stream: &mut Stream, e: PgError) {
     crate::metrics::error(e.code.as_bytes());
     let mut out = BytesMut::new();
     e.encode(&mut out);
