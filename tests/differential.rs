@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use difftest::gen::{Gen, SETUP_SQL};
-use difftest::{describe, Env, Verdict};
+use difftest::gen::Gen;
+use difftest::{describe, Verdict};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -75,29 +75,7 @@ fn background(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differential_message_sequences_keep_t1_and_match_postgresql() {
-    let h = Harness::start(Opts {
-        size: 2,
-        extra: TENANTS.into(),
-        ..Opts::default()
-    })
-    .await;
-    h.pg.psql("app", &format!("SET ROLE pgward;\n{SETUP_SQL}"))
-        .expect("differential fixture");
-    let direct = h.connect_direct().await;
-    let fn_oid: u32 = scalar(
-        &direct,
-        "SELECT 'pg_catalog.current_setting(text)'::regprocedure::oid",
-    )
-    .await
-    .parse()
-    .unwrap();
-    let env = Env {
-        pg_socket_dir: h.pg.socket_dir().to_path_buf(),
-        pg_port: h.pg.port(),
-        proxy_port: h.port(),
-        password: PASSWORD.into(),
-        fn_oid,
-    };
+    let (h, env) = difftest::start(2).await;
     let seed = env_u64("PGWARD_DIFF_SEED", 0x5eed_0001);
     let count = env_u64("PGWARD_DIFF_SEQUENCES", 600);
     let stop = Arc::new(AtomicBool::new(false));

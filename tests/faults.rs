@@ -442,6 +442,21 @@ async fn a_transaction_cut_by_a_lost_server_is_answered_like_a_failed_one() {
             ],
         ),
         (
+            "a failed block ended by a described extended-protocol COMMIT",
+            vec![
+                same(q("BEGIN")),
+                cut(Cut::Before, q("SELECT 2"), q("SELECT 1/0")),
+                same(vec![
+                    fe::parse("", "COMMIT"),
+                    fe::describe(b'S', ""),
+                    fe::bind("", ""),
+                    fe::execute("", 0),
+                    fe::sync(),
+                ]),
+                same(q(PROBE)),
+            ],
+        ),
+        (
             "idle in a block, then ROLLBACK",
             vec![
                 same(q("BEGIN")),

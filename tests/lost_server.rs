@@ -16,8 +16,8 @@ mod difftest;
 use std::time::{Duration, Instant};
 
 use common::*;
-use difftest::gen::{Gen, Op, SETUP_SQL};
-use difftest::{describe, exec, Env};
+use difftest::gen::{Gen, Op};
+use difftest::{describe, exec};
 use rand::{Rng, SeedableRng};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -29,29 +29,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_server_connection_never_costs_the_client_its_context_or_connection() {
-    let h = Harness::start(Opts {
-        size: 1,
-        extra: TENANTS.into(),
-        ..Opts::default()
-    })
-    .await;
-    h.pg.psql("app", &format!("SET ROLE pgward;\n{SETUP_SQL}"))
-        .expect("differential fixture");
+    let (h, env) = difftest::start(1).await;
     let cutter = h.connect_direct().await;
-    let fn_oid: u32 = scalar(
-        &cutter,
-        "SELECT 'pg_catalog.current_setting(text)'::regprocedure::oid",
-    )
-    .await
-    .parse()
-    .unwrap();
-    let env = Env {
-        pg_socket_dir: h.pg.socket_dir().to_path_buf(),
-        pg_port: h.pg.port(),
-        proxy_port: h.port(),
-        password: PASSWORD.into(),
-        fn_oid,
-    };
     let seed = env_u64("PGWARD_LOST_SEED", 0x1057_0001);
     let count = env_u64("PGWARD_LOST_SEQUENCES", 150);
     let started = Instant::now();
@@ -63,7 +42,7 @@ async fn a_lost_server_connection_never_costs_the_client_its_context_or_connecti
         let at = rng.random_range(1..=ops.len());
         ops.insert(at, Op::Cut);
         let mut w = env.proxied().await.expect("connect through pgward");
-        let mut run = exec::run(&mut w, &ops, fn_oid, None, Some(&cutter)).await;
+        let mut run = exec::run(&mut w, &ops, env.fn_oid, None, Some(&cutter)).await;
         let terminated = matches!(ops.last(), Some(Op::Terminate));
         if run.stuck.is_some() && run.cuts > 0 {
             // The fence itself was in flight when the server died (it got the error): the

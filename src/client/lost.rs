@@ -291,8 +291,15 @@ impl Session {
             b'D' => {
                 let (kind, name) = fe::target(body)
                     .ok_or_else(|| PgError::fatal("08P01", "invalid Describe message"))?;
+                let end_stmt = match name.is_empty() {
+                    true => l.end_stmt,
+                    false => l.end_names.iter().any(|n| &n[..] == name),
+                };
                 if kind == b'P' && name.is_empty() && l.end_portal {
                     self.cout.extend_from_slice(b"n\0\0\0\x04");
+                } else if kind == b'S' && l.told && end_stmt {
+                    // No parameters, no rows.
+                    self.cout.extend_from_slice(b"t\0\0\0\x06\0\0n\0\0\0\x04");
                 } else {
                     self.fail_lost(&mut l);
                 }

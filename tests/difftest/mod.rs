@@ -24,6 +24,36 @@ pub struct Env {
     pub fn_oid: u32,
 }
 
+/// pgward in front of a fresh PostgreSQL with `size` server connections and the tenants, the
+/// fixture (`SETUP_SQL`) loaded, and the two sides' addresses.
+pub async fn start(size: usize) -> (crate::common::Harness, Env) {
+    use crate::common::*;
+    let h = Harness::start(Opts {
+        size,
+        extra: TENANTS.into(),
+        ..Opts::default()
+    })
+    .await;
+    h.pg.psql("app", &format!("SET ROLE pgward;\n{}", gen::SETUP_SQL))
+        .expect("differential fixture");
+    let direct = h.connect_direct().await;
+    let fn_oid: u32 = scalar(
+        &direct,
+        "SELECT 'pg_catalog.current_setting(text)'::regprocedure::oid",
+    )
+    .await
+    .parse()
+    .unwrap();
+    let env = Env {
+        pg_socket_dir: h.pg.socket_dir().to_path_buf(),
+        pg_port: h.pg.port(),
+        proxy_port: h.port(),
+        password: PASSWORD.into(),
+        fn_oid,
+    };
+    (h, env)
+}
+
 /// The direct side's session: the tenant's context at session level.
 const DIRECT_SETUP: &str =
     "SET search_path = globex, public; SET app.tenant_id = 'globex'; SET ROLE tenant_globex";
