@@ -564,39 +564,52 @@ async fn a_transaction_cut_by_a_lost_server_is_answered_like_a_failed_one() {
     assert_eq!(got, want, "COMMIT of a lost transaction");
 }
 
-/// A session-mode client's session died with its server: one FATAL, PostgreSQL's own.
+/// A client whose session lived on the server that died — session mode, or a transaction that
+/// left state `session_state = "pin"` keeps — gets one FATAL, PostgreSQL's own, as directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_fatal_when_a_session_mode_server_connection_dies() {
-    let h = Harness::start(Opts {
-        size: 1,
-        mode: "session",
-        ..Opts::default()
-    })
-    .await;
-    let mut w = Wire::tcp(h.port(), "md5_user", "app", PASSWORD)
-        .await
-        .unwrap();
-    w.send(&fe::query("BEGIN")).await.unwrap();
-    while !matches!(w.read(Duration::from_secs(5)).await, Read::Msg(b'Z', _)) {}
-    let direct = h.connect_direct().await;
-    direct
-        .simple_query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'pgward' AND pid <> pg_backend_pid()")
-        .await
-        .unwrap();
-    let mut errors = Vec::new();
-    loop {
-        match w.read(Duration::from_secs(5)).await {
-            Read::Msg(b'E', b) => errors.push(common::wire::error_text(&b)),
-            Read::Msg(..) => {}
-            Read::Eof => break,
-            Read::Timeout => panic!("the client was not told: {errors:?}"),
+async fn one_fatal_when_a_session_on_the_server_dies() {
+    for (mode, session_state, sql) in [
+        ("session", "reset", "BEGIN"),
+        ("transaction", "pin", "BEGIN; CREATE TEMP TABLE t (x int)"),
+    ] {
+        let h = Harness::start(Opts {
+            size: 1,
+            mode,
+            session_state,
+            ..Opts::default()
+        })
+        .await;
+        let mut w = Wire::tcp(h.port(), "md5_user", "app", PASSWORD)
+            .await
+            .unwrap();
+        w.send(&fe::query(sql)).await.unwrap();
+        while !matches!(w.read(Duration::from_secs(5)).await, Read::Msg(b'Z', _)) {}
+        let direct = h.connect_direct().await;
+        direct
+            .simple_query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'pgward' AND pid <> pg_backend_pid()")
+            .await
+            .unwrap();
+        let mut errors = Vec::new();
+        loop {
+            match w.read(Duration::from_secs(5)).await {
+                Read::Msg(b'E', b) => errors.push(common::wire::error_text(&b)),
+                Read::Msg(..) => {}
+                Read::Eof => break,
+                Read::Timeout => {
+                    panic!("{mode}/{session_state}: the client was not told: {errors:?}")
+                }
+            }
         }
+        assert_eq!(
+            errors.len(),
+            1,
+            "{mode}/{session_state}: one error per event: {errors:?}"
+        );
+        assert!(
+            errors[0].contains("FATAL 57P01"),
+            "{mode}/{session_state}: PostgreSQL's own: {errors:?}"
+        );
     }
-    assert_eq!(errors.len(), 1, "one error per event: {errors:?}");
-    assert!(
-        errors[0].contains("FATAL 57P01"),
-        "PostgreSQL's own: {errors:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

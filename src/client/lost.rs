@@ -14,8 +14,9 @@
 //!   PostgreSQL skips it.
 //!
 //! Invariants:
-//! - Only transaction-mode clients that are not pinned are kept: session state died with the
-//!   server, so a session-mode or pinned client gets a FATAL, as from PostgreSQL itself.
+//! - Only transaction-mode clients whose session did not live on that server are kept: a
+//!   session-mode client, a pinned one, or one this transaction would pin (`session_state =
+//!   "pin"`) gets a FATAL, as from PostgreSQL itself.
 //! - While `Lost`, nothing runs SQL and no server connection is held; the next transaction
 //!   starts from a fresh transaction model, so its tenant context is injected as for any
 //!   transaction start (T1).
@@ -27,11 +28,12 @@ use std::borrow::Cow;
 
 use super::frontend::Step;
 use super::session::Session;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, SessionStatePolicy};
 use crate::protocol::backend::{self, PgError};
 use crate::protocol::frontend as fe;
 use crate::server::pending::Action;
 use crate::server::txn::TxnModel;
+use crate::server::Dirty;
 use crate::sql::classify::{analyze, Flags};
 
 /// The client's transaction after its server connection died.
@@ -89,9 +91,13 @@ const ABORTED: &str =
     "current transaction is aborted, commands ignored until end of transaction block";
 
 impl Session {
-    /// Is a client whose server connection dies now kept (answered by [`Lost`])?
+    /// Is a client whose server connection dies now kept (answered by [`Lost`])? Not when
+    /// its session lived on that server: session mode, pinned, or about to be pinned
+    /// (`session_state = "pin"` and state this transaction left that would pin it).
     pub(super) fn keeps_client_on_loss(&self) -> bool {
-        self.mode == PoolMode::Transaction && !self.pinned && !self.terminating
+        let lasting = Dirty(self.dirty.0 & !Dirty::TENANT_SESSION.0);
+        let pins = self.policy == SessionStatePolicy::Pin && !lasting.is_empty();
+        self.mode == PoolMode::Transaction && !self.pinned && !pins && !self.terminating
     }
 
     /// The server connection died: answer what it owed as a failed transaction, drop it, and
