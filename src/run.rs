@@ -198,6 +198,9 @@ pub async fn run_foreground(path: PathBuf, config: Config) -> Result<(), String>
             ms = started.elapsed().as_millis() as u64,
             "upgrade: took over the listeners"
         );
+        crate::upgrade::systemd::notify(crate::upgrade::systemd::Notice::ReadyAsMain);
+    } else {
+        crate::upgrade::systemd::notify(crate::upgrade::systemd::Notice::Ready);
     }
     if let (Some(p), Some(handed)) = (&upgrade_socket, running.handed.take()) {
         let l = crate::upgrade::listen::bind(p)
@@ -240,6 +243,7 @@ pub async fn run_foreground(path: PathBuf, config: Config) -> Result<(), String>
         return Ok(());
     }
     tracing::info!("shutting down: new connections refused, waiting for transactions to finish");
+    crate::upgrade::systemd::notify(crate::upgrade::systemd::Notice::Stopping);
     shared.begin_shutdown();
     drain(&shared, DRAIN_LIMIT).await;
     drop(running);

@@ -24,12 +24,13 @@ struct Proc {
 }
 
 impl Proc {
-    fn start(config: &Path, log: PathBuf) -> Proc {
+    fn start(config: &Path, log: PathBuf, notify: &Path) -> Proc {
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .arg("--config")
             .arg(config)
             .env("PGWARD_LOG", "info,pgward::upgrade=debug")
+            .env("NOTIFY_SOCKET", notify)
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
@@ -123,12 +124,15 @@ fn slowest(timeline: &serde_json::Value, from: f64, to: f64) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// A configuration file with `upgrade_socket`, fixed client and HTTP ports.
+/// A configuration file with `upgrade_socket`, fixed client and HTTP ports, and the socket
+/// its processes report to as to systemd (`NOTIFY_SOCKET`).
 struct Setup {
     name: String,
     config: PathBuf,
     socket: PathBuf,
     port: u16,
+    notify_path: PathBuf,
+    notify: std::os::unix::net::UnixDatagram,
 }
 
 impl Setup {
@@ -153,18 +157,34 @@ impl Setup {
         );
         let config = tmp.join(format!("{name}.toml"));
         std::fs::write(&config, text).unwrap();
+        let notify_path = tmp.join(format!("{name}.notify"));
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_nonblocking(true).unwrap();
         Setup {
             name,
             config,
             socket,
             port,
+            notify_path,
+            notify,
         }
     }
 
     /// Start pgward number `n` with this configuration.
     fn start(&self, n: usize) -> Proc {
         let log = std::env::temp_dir().join(format!("{}-{n}.log", self.name));
-        Proc::start(&self.config, log)
+        Proc::start(&self.config, log, &self.notify_path)
+    }
+
+    /// What the processes told "systemd" so far.
+    fn notices(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
     }
 }
 
@@ -172,6 +192,7 @@ impl Drop for Setup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.notify_path);
     }
 }
 
@@ -279,6 +300,18 @@ fn binary_replaced_twice_under_load() {
             assert!(v["new_connections"].as_u64().unwrap_or(0) > 0, "{v}");
             assert_eq!(v["cancelled"], true, "cancel through the moved key: {v}");
         }
+        // As systemd (Type=notify, NotifyAccess=all) would see it: ready, then each
+        // successor the unit's main process.
+        let pid = |p: &Proc| p.child.id();
+        assert_eq!(
+            setup.notices(),
+            [
+                "READY=1".to_string(),
+                format!("MAINPID={}\nREADY=1", pid(&second)),
+                format!("MAINPID={}\nREADY=1", pid(&third)),
+            ],
+            "sd_notify messages"
+        );
         // The third process still serves, on the same port.
         let mut third = third;
         assert!(

@@ -20,6 +20,7 @@
 
 pub mod listen;
 pub mod record;
+pub mod systemd;
 pub mod takeover;
 pub mod transfer;
 
