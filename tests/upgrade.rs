@@ -137,11 +137,16 @@ struct Setup {
 
 impl Setup {
     fn new(name: &str, pg_port: u16) -> Setup {
+        Setup::with_mode(name, pg_port, "transaction")
+    }
+
+    fn with_mode(name: &str, pg_port: u16, mode: &'static str) -> Setup {
         let tmp = std::env::temp_dir();
         let name = format!("pgward-{name}-{}", std::process::id());
         let socket = tmp.join(format!("{name}.sock"));
         let o = Opts {
             size: 10,
+            mode,
             extra: TENANTS.to_string(),
             top_extra: format!("upgrade_socket = \"{}\"", socket.display()),
             ..Opts::default()
@@ -480,4 +485,53 @@ async fn a_moved_client_the_new_configuration_refuses_is_told_why() {
     assert_eq!(sqlstate(&e), "28000", "{e}");
     let msg = e.as_db_error().map(|d| d.message()).unwrap_or_default();
     assert!(msg.contains("acme"), "{msg}");
+}
+
+/// A session-mode client cannot move (its session lives on its server connection): it keeps
+/// being served by the old process while new clients reach the new one, and the old process
+/// exits as soon as that client leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_mode_client_stays_with_the_old_process_until_it_leaves() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let setup = Setup::with_mode("session", pg.port(), "session");
+    let mut first = setup.start(1);
+    wait_listening(setup.port, &first);
+    let url = format!(
+        "postgres://app_user:{PASSWORD}@127.0.0.1:{}/app?sslmode=disable",
+        setup.port
+    );
+    let old_client = connect(&url).await.unwrap();
+    old_client
+        .batch_execute("CREATE TEMP TABLE mine (x int); INSERT INTO mine VALUES (7)")
+        .await
+        .unwrap();
+    let second = setup.start(2);
+    let t = Instant::now();
+    while !second.log_text().contains("took over the listeners") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{}",
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its session (a temporary table) is intact, served by the old process.
+    assert_eq!(scalar(&old_client, "SELECT x FROM mine").await, "7");
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the old process left its client"
+    );
+    // New clients reach the new process.
+    let new_client = connect(&url).await.unwrap();
+    assert_eq!(scalar(&new_client, "SELECT 1").await, "1");
+    assert!(second.log_text().contains("took over the listeners"));
+    drop(old_client);
+    let (st, ran) = tokio::task::block_in_place(|| first.wait_exit(Duration::from_secs(10)));
+    assert!(st.success(), "{}", first.log_text());
+    assert!(
+        ran < Duration::from_secs(30),
+        "the old process waited for the drain bound"
+    );
+    assert_eq!(scalar(&new_client, "SELECT 2").await, "2");
 }
