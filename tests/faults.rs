@@ -358,7 +358,7 @@ async fn transcript(
 /// it is told once and then answered as PostgreSQL answers a failed transaction; its next
 /// transaction runs on a new server connection with its tenant context (T1). Each sequence is
 /// compared with what PostgreSQL itself answers when the same step fails, the first error's
-/// SQLSTATE aside (the server's 57P01 through pgward).
+/// SQLSTATE aside (08006 through pgward: its server connection failed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_cut_by_a_lost_server_is_answered_like_a_failed_one() {
     let h = Harness::start(Opts {
@@ -510,14 +510,14 @@ async fn a_transaction_cut_by_a_lost_server_is_answered_like_a_failed_one() {
                 .iter()
                 .position(|m| m.starts_with('E'))
                 .unwrap_or_else(|| panic!("{name}: the client was not told: {got:?}"));
-            assert_eq!(got[first], "EERROR 57P01", "{name}: {got:?}");
+            assert_eq!(got[first], "EERROR 08006", "{name}: {got:?}");
             got[first] = "E*".into();
             expected[oracle_first] = "E*".into();
         }
         assert_eq!(got, expected, "{name}");
         assert!(
             got.iter()
-                .filter(|m| m.starts_with('E') && m.ends_with("57P01"))
+                .filter(|m| m.starts_with('E') && m.ends_with("08006"))
                 .count()
                 == 0,
             "{name}: told once: {got:?}"
@@ -552,7 +552,7 @@ async fn a_transaction_cut_by_a_lost_server_is_answered_like_a_failed_one() {
         "CINSERT 0 1",
         "ZT",
         "|",
-        "EERROR 57P01",
+        "EERROR 08006",
         "ZI",
         "|",
         "T",

@@ -4,9 +4,10 @@
 //! on a new server connection (the new primary after a failover).
 //!
 //! What the client sees, modelled on PostgreSQL's own failed transaction:
-//! - It is told once: an ErrorResponse at the request that was running (the server's SQLSTATE
-//!   and message when it sent a FATAL, else 08006), or at its next message when it was idle
-//!   in the transaction. A ROLLBACK sent before it was told simply succeeds; a COMMIT fails.
+//! - It is told once: an ErrorResponse 08006 (connection failure; the server's own FATAL, if
+//!   it sent one, in the message and detail) at the request that was running, or at its next
+//!   message when it was idle in the transaction. A ROLLBACK sent before it was told simply
+//!   succeeds; a COMMIT fails.
 //! - In a transaction block the ReadyForQuery status is 'E': every statement but
 //!   ROLLBACK / COMMIT / END / ABORT fails with 25P02, which end it ("ROLLBACK", then 'I').
 //!   Outside one (an implicit transaction) the status after the error is 'I'.
@@ -52,9 +53,9 @@ pub(super) struct Lost {
     end_names: Vec<Box<[u8]>>,
     /// An end was executed: the next Sync leaves the block.
     ended: bool,
-    /// What the client is told: the server's SQLSTATE and message, if it sent a FATAL.
-    code: Cow<'static, str>,
+    /// Why the connection ended: the server's message if it sent a FATAL, and its SQLSTATE.
     cause: String,
+    server_code: Option<Cow<'static, str>>,
 }
 
 /// How a statement ends the lost transaction, if it does.
@@ -103,12 +104,9 @@ impl Session {
     /// The server connection died: answer what it owed as a failed transaction, drop it, and
     /// go on without a server. `fatal`: the server's FATAL, if it sent one.
     pub(super) fn lose_server(&mut self, fatal: Option<PgError>) {
-        let (code, cause) = match fatal {
-            Some(e) => (e.code, e.message),
-            None => (
-                Cow::Borrowed("08006"),
-                "the server closed the connection".to_string(),
-            ),
+        let (cause, server_code) = match fatal {
+            Some(e) => (e.message, Some(e.code)),
+            None => ("the server closed the connection".to_string(), None),
         };
         tracing::info!(
             client = self.info.id,
@@ -126,8 +124,8 @@ impl Session {
             end_portal: false,
             end_names: Vec::new(),
             ended: false,
-            code,
             cause,
+            server_code,
         };
         // The status after the first block the loss fails: none is left after a lone
         // COMMIT / ROLLBACK, whatever its outcome; otherwise what the model allows.
@@ -367,9 +365,17 @@ impl Lost {
                 self.cause
             ),
         };
-        PgError::error(self.code.clone(), msg).with_hint(
+        // 08006 (connection failure): the client's connection to pgward is fine, its
+        // server's is gone; what the server said is in the message and the detail.
+        let e = PgError::error("08006", msg).with_hint(
             "The connection is still usable: end the transaction (ROLLBACK) and retry it.",
-        )
+        );
+        match &self.server_code {
+            Some(code) => e.with_detail(format!(
+                "The server ended its connection with SQLSTATE {code}."
+            )),
+            None => e,
+        }
     }
 
     /// The error for a statement sent now: the news if not told yet, else PostgreSQL's 25P02.
