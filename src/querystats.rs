@@ -35,14 +35,7 @@ impl QueryText {
             QueryText::Raw(b) => crate::sql::normalize::normalize(b, MAX_TEXT).into(),
             QueryText::Prepared(d) => d
                 .shape
-                .get_or_init(|| {
-                    let end = d
-                        .definition
-                        .iter()
-                        .position(|&b| b == 0)
-                        .unwrap_or(d.definition.len());
-                    crate::sql::normalize::normalize(&d.definition[..end], MAX_TEXT).into()
-                })
+                .get_or_init(|| crate::sql::normalize::normalize(d.query(), MAX_TEXT).into())
                 .clone(),
         }
     }

@@ -380,6 +380,8 @@ async fn a_transaction_cut_by_a_lost_server_is_answered_like_a_failed_one() {
                 same(q("BEGIN")),
                 cut(Cut::Before, q("SELECT 2"), q("SELECT 1/0")),
                 same(q("SELECT 3")),
+                // PostgreSQL closes in a failed block too.
+                same(vec![fe::close(b'S', "s1"), fe::sync()]),
                 same(q("COMMIT")),
                 same(q(PROBE)),
             ],

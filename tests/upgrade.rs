@@ -80,6 +80,15 @@ impl Drop for Proc {
     }
 }
 
+/// Wait (at most 10 s) until `p` logged that it took over the listeners.
+async fn took_over(p: &Proc) {
+    let t = Instant::now();
+    while !p.log_text().contains("took over the listeners") {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn wait_listening(port: u16, p: &Proc) {
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -410,15 +419,7 @@ async fn a_cancel_reaches_a_client_still_in_the_old_process() {
     let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(20)").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = setup.start(2);
-    let t = Instant::now();
-    while !second.log_text().contains("took over the listeners") {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{}",
-            second.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    took_over(&second).await;
     tokio::time::sleep(Duration::from_millis(200)).await; // the old process stopped accepting
     let t = Instant::now();
     token
@@ -506,15 +507,7 @@ async fn a_session_mode_client_stays_with_the_old_process_until_it_leaves() {
         .await
         .unwrap();
     let second = setup.start(2);
-    let t = Instant::now();
-    while !second.log_text().contains("took over the listeners") {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{}",
-            second.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    took_over(&second).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Its session (a temporary table) is intact, served by the old process.
     assert_eq!(scalar(&old_client, "SELECT x FROM mine").await, "7");
@@ -525,7 +518,6 @@ async fn a_session_mode_client_stays_with_the_old_process_until_it_leaves() {
     // New clients reach the new process.
     let new_client = connect(&url).await.unwrap();
     assert_eq!(scalar(&new_client, "SELECT 1").await, "1");
-    assert!(second.log_text().contains("took over the listeners"));
     drop(old_client);
     let (st, ran) = tokio::task::block_in_place(|| first.wait_exit(Duration::from_secs(10)));
     assert!(st.success(), "{}", first.log_text());

@@ -155,7 +155,7 @@ impl Session {
             if !u.kind.ends_block() || sync {
                 if !lost.skip {
                     let e = lost.in_flight_error();
-                    self.emit_error(e);
+                    self.emit_error(&e);
                     lost.skip = true;
                 }
                 if sync {
@@ -168,7 +168,7 @@ impl Session {
                 // A Query or FunctionCall (while skipping to Sync, PostgreSQL skips them too:
                 // no answer at all).
                 let e = lost.in_flight_error();
-                self.emit_error(e);
+                self.emit_error(&e);
                 backend::ready_for_query(&mut self.cout, status);
                 last_ready = Some(status);
                 status = if block { b'E' } else { b'I' };
@@ -209,7 +209,7 @@ impl Session {
             }
             b'S' => {
                 if !l.told && !l.skip {
-                    self.emit_error(l.error(false));
+                    self.emit_error(&l.error(false));
                 }
                 let done = l.ended || !l.block;
                 backend::ready_for_query(&mut self.cout, if done { b'I' } else { b'E' });
@@ -239,7 +239,7 @@ impl Session {
                     }
                     (Some(_), false, _) => {
                         // A COMMIT of a transaction that is gone: it fails, and ends it.
-                        self.emit_error(l.error(false));
+                        self.emit_error(&l.error(false));
                         backend::ready_for_query(&mut self.cout, b'I');
                         return Ok(Step::Next);
                     }
@@ -249,7 +249,7 @@ impl Session {
                     }
                     _ => {
                         let e = l.next_error();
-                        self.emit_error(e);
+                        self.emit_error(&e);
                         backend::ready_for_query(&mut self.cout, status(&l));
                         if !l.block {
                             return Ok(Step::Next);
@@ -278,11 +278,10 @@ impl Session {
                     true => l.end_stmt,
                     false => {
                         l.end_names.iter().any(|n| &n[..] == stmt)
-                            || self.statements.get(stmt).is_some_and(|d| {
-                                let mut pos = 0;
-                                read_query(&d.definition, &mut pos)
-                                    .is_some_and(|q| end_of(q).is_some())
-                            })
+                            || self
+                                .statements
+                                .get(stmt)
+                                .is_some_and(|d| end_of(d.query()).is_some())
                     }
                 };
                 if l.told && l.block && is_end && portal.is_empty() {
@@ -342,13 +341,8 @@ impl Session {
     /// An extended-protocol message fails: error, then skip to Sync.
     fn fail_lost(&mut self, l: &mut Lost) {
         let e = l.next_error();
-        self.emit_error(e);
+        self.emit_error(&e);
         l.skip = true;
-    }
-
-    fn emit_error(&mut self, e: PgError) {
-        crate::metrics::error(e.code.as_bytes());
-        e.encode(&mut self.cout);
     }
 }
 
@@ -395,14 +389,6 @@ impl Lost {
             false => self.error(in_flight),
         }
     }
-}
-
-/// The query text at the start of a Parse definition.
-fn read_query<'a>(definition: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
-    let end = definition[*pos..].iter().position(|b| *b == 0)? + *pos;
-    let q = &definition[*pos..end];
-    *pos = end + 1;
-    Some(q)
 }
 
 #[cfg(test)]

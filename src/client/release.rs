@@ -124,8 +124,7 @@ impl Session {
     /// The session is over: tell the client why, and return or close the server connection.
     pub(super) async fn finish(&mut self, end: &End) {
         if let End::Fatal(e) = end {
-            crate::metrics::error(e.code.as_bytes());
-            e.encode(&mut self.cout);
+            self.emit_error(e);
         }
         self.flush_client().await;
         if let Some(mut co) = self.server.take() {

@@ -181,6 +181,8 @@ impl Session {
             if let Err(e) = self.process_server() {
                 return End::Fatal(e);
             }
+            // Only reading the server breaks it (relay.rs): a lost connection is dealt with
+            // before any client message is handled.
             if self.server_broken {
                 if let Some(end) = self.server_lost() {
                     return end;
@@ -213,12 +215,6 @@ impl Session {
                     self.terminating = true;
                 }
                 Err(e) => return End::Fatal(e),
-            }
-            if self.server_broken {
-                if let Some(end) = self.server_lost() {
-                    return end;
-                }
-                continue;
             }
             self.maybe_release();
             // After a takeover, an idle session moves to the new process (handover.rs). Boxed:
@@ -465,6 +461,12 @@ impl Session {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Send the client an error of the proxy's own (counted by SQLSTATE).
+    pub(super) fn emit_error(&mut self, e: &PgError) {
+        crate::metrics::error(e.code.as_bytes());
+        e.encode(&mut self.cout);
     }
 
     /// Write everything buffered for the client (used at the end of the session).

@@ -31,6 +31,18 @@ pub struct StatementDef {
     pub cmd: crate::metrics::Command,
 }
 
+impl StatementDef {
+    /// The statement's SQL text (the definition up to its NUL).
+    pub fn query(&self) -> &[u8] {
+        let end = self
+            .definition
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.definition.len());
+        &self.definition[..end]
+    }
+}
+
 /// Process-wide interning of statement definitions.
 #[derive(Debug, Default)]
 pub struct Registry {
